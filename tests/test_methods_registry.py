@@ -1,0 +1,188 @@
+"""The registry matrix: every registered method is checked here automatically.
+
+Adding a method to the registry without a parameter-count formula below fails
+``test_every_method_has_a_formula`` — the formula is the method's contract.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tuner import methods
+from tuner.methods.base import MergeScaled, head_parameters, set_merge_factor
+from tuner.methods.state import load_trainable, read_metadata, save_trainable
+
+NUM_CLASSES = 5
+ALL = methods.list_methods()
+
+
+def _arch(model: nn.Module) -> tuple[int, int, int]:
+    """(width d, depth L, MLP hidden width) of a timm ViT."""
+    block = model.blocks[0]
+    return model.embed_dim, len(model.blocks), block.mlp.fc1.out_features
+
+
+def _backbone_params(model: nn.Module) -> int:
+    head = {id(p) for _, p in head_parameters(model)}
+    return sum(p.numel() for p in model.parameters() if id(p) not in head)
+
+
+def _bias_count(model: nn.Module) -> int:
+    d, depth, hidden = _arch(model)
+    # per block: norm1, qkv (3d), proj, norm2, fc1 (hidden), fc2; plus final norm, patch embed
+    return depth * (d + 3 * d + d + d + hidden + d) + d + d
+
+
+#: Trainable parameters excluding the head, as each method's paper defines them.
+FORMULAS: dict[str, Callable[[nn.Module, dict], int]] = {
+    "linear": lambda m, hp: 0,
+    "full": lambda m, hp: _backbone_params(m),
+    "bitfit": lambda m, hp: _bias_count(m),
+    "lora": lambda m, hp: _arch(m)[1] * hp["rank"] * (_arch(m)[0] + 3 * _arch(m)[0]),
+    "vpt_deep": lambda m, hp: _arch(m)[1] * hp["prompt_length"] * _arch(m)[0],
+}
+
+
+def _batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(8, 3, 32, 32, generator=g), torch.randint(0, NUM_CLASSES, (8,), generator=g)
+
+
+def _applied(tiny_backbone, name: str, seed: int = 0):
+    model = tiny_backbone(NUM_CLASSES, seed)
+    method = methods.get(name)
+    return method.apply(model), method
+
+
+def _train_steps(model: nn.Module, method, steps: int, lr: float = 1e-2) -> list[float]:
+    opt = torch.optim.AdamW(method.param_groups(model, 1e-4), lr=lr)
+    x, y = _batch()
+    model.train()
+    losses = []
+    for _ in range(steps):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def test_every_method_has_a_formula():
+    assert set(ALL) == set(FORMULAS), "add a parameter-count formula for each new method"
+
+
+def test_registry_rejects_duplicates_and_unknowns():
+    with pytest.raises(ValueError, match="registered twice"):
+        methods.register(type(methods.get("lora")))
+    with pytest.raises(KeyError, match="valid: .*lora"):
+        methods.get("lorra")
+    with pytest.raises(ValueError, match="unknown hyper-parameter"):
+        methods.get("lora", rnak=4)
+    assert methods.list_methods("vpt_*") == [n for n in ALL if n.startswith("vpt_")]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_only_declared_tensors_get_gradients(tiny_backbone, name):
+    model, method = _applied(tiny_backbone, name)
+    declared = {id(p) for _, p in method.trainable_parameters(model)}
+    x, y = _batch()
+    F.cross_entropy(model.train()(x), y).backward()
+    for pname, param in model.named_parameters():
+        if id(param) in declared:
+            assert param.requires_grad and param.grad is not None, pname
+        else:
+            assert not param.requires_grad and param.grad is None, pname
+    for _, param in head_parameters(model):
+        assert id(param) in declared and param.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_trainable_count_matches_formula(tiny_backbone, name):
+    model, method = _applied(tiny_backbone, name)
+    total, without_head = methods.count_trainable(model, method)
+    assert without_head == FORMULAS[name](model, method.hp)
+    d = model.embed_dim
+    assert total - without_head == d * NUM_CLASSES + NUM_CLASSES
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_weight_decay_policy_covers_exactly_the_trainable_tensors(tiny_backbone, name):
+    model, method = _applied(tiny_backbone, name)
+    groups = method.param_groups(model, 0.05)
+    grouped = [id(p) for g in groups for p in g["params"]]
+    assert sorted(grouped) == sorted(id(p) for _, p in method.trainable_parameters(model))
+    names = {id(p): n for n, p in method.trainable_parameters(model)}
+    for group in groups:
+        for p in group["params"]:
+            assert (group["weight_decay"] > 0) == method.decays(names[id(p)], p)
+    head_w = model.get_classifier().weight
+    decayed = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert id(head_w) in decayed and id(model.get_classifier().bias) not in decayed
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_init_equivalence_where_promised(tiny_backbone, name):
+    x, _ = _batch()
+    before = tiny_backbone(NUM_CLASSES)(x)
+    model, method = _applied(tiny_backbone, name)
+    after = model.eval()(x)
+    if method.preserves_init:
+        torch.testing.assert_close(after, before, rtol=0, atol=0)
+    else:
+        assert not torch.allclose(after, before)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_merge_factor_zero_is_the_pretrained_backbone(tiny_backbone, name):
+    model, method = _applied(tiny_backbone, name)
+    if not any(isinstance(m, MergeScaled) for m in model.modules()):
+        pytest.skip(f"{name} adds no branch to scale")
+    _train_steps(model, method, 3)
+    reference = tiny_backbone(NUM_CLASSES)
+    reference.get_classifier().load_state_dict(model.get_classifier().state_dict())
+    x, _ = _batch(1)
+    set_merge_factor(model, 0.0)
+    torch.testing.assert_close(model.eval()(x), reference(x), rtol=1e-5, atol=1e-5)
+    set_merge_factor(model, 1.0)
+    assert not torch.allclose(model(x), reference(x), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if methods.method_class(n).reparameterisable])
+def test_merge_folds_into_plain_backbone(tiny_backbone, name):
+    model, method = _applied(tiny_backbone, name)
+    _train_steps(model, method, 3)
+    x, _ = _batch(1)
+    before = model.eval()(x)
+    merged = method.merge(model)
+    torch.testing.assert_close(merged(x), before, rtol=1e-5, atol=1e-5)
+    plain_keys = set(tiny_backbone(NUM_CLASSES).state_dict())
+    assert set(merged.state_dict()) == plain_keys, "merge must leave zero inference overhead"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_trainable_state_round_trip(tiny_backbone, name, tmp_path):
+    model, method = _applied(tiny_backbone, name)
+    _train_steps(model, method, 2)
+    path = save_trainable(model, method, tmp_path / f"{name}.safetensors")
+    meta = read_metadata(path)
+    assert meta["method"] == name and meta["hp"] == method.hp
+    fresh, fresh_method = _applied(tiny_backbone, name)
+    fresh_method = methods.get(meta["method"], **meta["hp"])
+    fresh = fresh_method.apply(tiny_backbone(NUM_CLASSES))
+    load_trainable(fresh, fresh_method, path)
+    x, _ = _batch(2)
+    torch.testing.assert_close(fresh.eval()(x), model.eval()(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_a_few_steps_lower_the_loss(tiny_backbone, name):
+    model, method = _applied(tiny_backbone, name)
+    lr = 1e-3 if name == "full" else 1e-2
+    losses = _train_steps(model, method, 20, lr=lr)
+    assert losses[-1] < 0.85 * losses[0], losses

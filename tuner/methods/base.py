@@ -1,0 +1,152 @@
+"""The contract every PETL method fulfils.
+
+A method is injected into an *unmodified* timm ``VisionTransformer`` from outside: it wraps
+or hooks modules, it never edits the model's source. Each method answers three questions
+explicitly, so nothing is decided by substring matching on parameter names:
+
+* which tensors train (``trainable_parameters``), everything else is frozen;
+* which of those get weight decay (``decays``);
+* how to undo itself into plain backbone weights where the paper allows (``merge``).
+
+Every branch a method adds is scaled by a ``merge_factor`` buffer (α): α = 0 gives the
+pretrained backbone, α = 1 the tuned model; weight-space interpolation needs nothing else.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+#: Hyper-parameters every method accepts; they belong to the optimiser, not the method.
+COMMON_HPARAMS: dict[str, Any] = {"lr": 1e-3, "weight_decay": 1e-4, "drop_path": 0.0}
+
+
+@dataclass(frozen=True)
+class HParam:
+    """One method hyper-parameter: its default and a one-line meaning (for ``methods``)."""
+
+    default: Any
+    help: str
+
+
+class MergeScaled(nn.Module):
+    """Mixin for added modules whose output is scaled by the weight-space factor α.
+
+    A buffer rather than a Python float, so it travels with ``state_dict`` and ``.to()``,
+    and is never a trainable parameter.
+    """
+
+    merge_factor: torch.Tensor
+
+    def init_merge_factor(self) -> None:
+        self.register_buffer("merge_factor", torch.ones(()), persistent=False)
+
+
+def set_merge_factor(model: nn.Module, alpha: float) -> None:
+    """Scale every added branch in ``model`` by ``alpha`` (0 = pretrained, 1 = tuned)."""
+    for module in model.modules():
+        if isinstance(module, MergeScaled):
+            module.merge_factor.fill_(float(alpha))
+
+
+def head_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
+    """The classifier head of a timm model: always trained by every PETL method."""
+    head = model.get_classifier()  # type: ignore[operator]
+    prefix = next(n for n, m in model.named_modules() if m is head)
+    for name, param in head.named_parameters():
+        yield f"{prefix}.{name}", param
+
+
+class Method(ABC):
+    """Base class of all PETL methods. Subclasses register with ``@register``."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    paper: ClassVar[str]
+    hparams: ClassVar[dict[str, HParam]] = {}
+    reparameterisable: ClassVar[bool] = False
+    #: True where the paper zero-initialises the added branch: apply() keeps the function.
+    preserves_init: ClassVar[bool] = True
+
+    def __init__(self, **hp: Any) -> None:
+        unknown = sorted(set(hp) - set(self.hparams) - set(COMMON_HPARAMS))
+        if unknown:
+            valid = ", ".join(sorted(set(self.hparams) | set(COMMON_HPARAMS)))
+            raise ValueError(
+                f"method {self.name!r}: unknown hyper-parameter(s) {unknown}; valid: {valid}"
+            )
+        self.hp: dict[str, Any] = {k: v.default for k, v in self.hparams.items()}
+        self.hp.update({k: v for k, v in hp.items() if k in self.hparams})
+        self.validate()
+
+    def validate(self) -> None:  # noqa: B027 - optional hook, not abstract
+        """Raise ``ValueError`` for impossible hyper-parameter values."""
+
+    # -- the three questions -------------------------------------------------------------
+    @abstractmethod
+    def inject(self, model: nn.Module) -> None:
+        """Add this method's modules/hooks to ``model`` in place (may be a no-op)."""
+
+    @abstractmethod
+    def trainable_parameters(self, model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
+        """Yield (name, parameter) for every tensor this method trains, head included."""
+
+    def decays(self, name: str, param: nn.Parameter) -> bool:
+        """Whether AdamW's weight decay applies to a trainable tensor.
+
+        Default: matrices and convolution kernels decay; biases, norm affines, tokens,
+        position embeddings and other vectors do not (the usual ViT fine-tuning recipe).
+        """
+        is_token = name.endswith(("cls_token", "pos_embed", "reg_token"))
+        return param.ndim >= 2 and not is_token
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        """Fold the learned change into the backbone weights (re-parameterisable methods)."""
+        raise TypeError(f"method {self.name!r} is not re-parameterisable; it has no merge()")
+
+    # -- driven by the base class ----------------------------------------------------------
+    def apply(self, model: nn.Module) -> nn.Module:
+        """Inject the method and freeze everything it does not declare trainable."""
+        self.inject(model)
+        for param in model.parameters():
+            param.requires_grad_(False)
+        for _, param in self.trainable_parameters(model):
+            param.requires_grad_(True)
+        return model
+
+    def param_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+        """AdamW parameter groups honouring ``decays``; frozen tensors are left out."""
+        decay, no_decay = [], []
+        for name, param in self.trainable_parameters(model):
+            (decay if self.decays(name, param) else no_decay).append(param)
+        groups = [{"params": decay, "weight_decay": weight_decay}]
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+        return [g for g in groups if g["params"]]
+
+    def trainable_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Just the trained tensors, for checkpoints and safetensors exports."""
+        return {n: p.detach().clone() for n, p in self.trainable_parameters(model)}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.hp.items())
+        return f"{type(self).__name__}({args})"
+
+
+def count_trainable(model: nn.Module, method: Method) -> tuple[int, int]:
+    """(trainable parameters in total, excluding the head) after ``method.apply``."""
+    head_ids = {id(p) for _, p in head_parameters(model)}
+    seen: set[int] = set()
+    total = without_head = 0
+    for _, param in method.trainable_parameters(model):
+        if id(param) in seen:
+            continue
+        seen.add(id(param))
+        total += param.numel()
+        if id(param) not in head_ids:
+            without_head += param.numel()
+    return total, without_head
