@@ -1,0 +1,117 @@
+"""Units of the sweep that need no Ray cluster: Optuna honesty, selection, spaces, plan."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from ray import tune
+
+from tuner.config import parse_config
+from tuner.spaces import Domain, grid_points
+from tuner.sweep import (
+    HonestOptunaSearch,
+    plan,
+    select_best,
+    stable_seed,
+    to_ray_space,
+    trial_outcome,
+)
+
+MAX_EPOCHS = 4
+
+
+def _searcher() -> HonestOptunaSearch:
+    searcher = HonestOptunaSearch(
+        space={"lr": tune.loguniform(1e-4, 1e-1)},
+        metric="val/acc",
+        mode="max",
+        sampler=optuna.samplers.TPESampler(seed=0),
+        max_epochs=MAX_EPOCHS,
+    )
+    return searcher
+
+
+def _run(searcher, trial_id: str, accs: list[float], diverged: bool = False) -> None:
+    assert searcher.suggest(trial_id) is not None
+    result = {}
+    for epoch, acc in enumerate(accs, start=1):
+        result = {"val/acc": acc, "training_iteration": epoch, "diverged": float(diverged)}
+        searcher.on_trial_result(trial_id, result)
+    searcher.on_trial_complete(trial_id, result)
+
+
+def test_asha_stopped_trials_reach_optuna_as_pruned_with_their_curve():
+    searcher = _searcher()
+    _run(searcher, "full", [0.2, 0.4, 0.5, 0.6])
+    _run(searcher, "cut", [0.1, 0.15])  # ASHA stopped it after 2 of 4 epochs
+    _run(searcher, "nan", [0.0], diverged=True)
+    trials = {t.number: t for t in searcher._ot_study.trials}
+    assert trials[0].state == optuna.trial.TrialState.COMPLETE and trials[0].value == 0.6
+    # Optuna keeps a pruned trial's last intermediate value; TPE ranks it as pruned
+    assert trials[1].state == optuna.trial.TrialState.PRUNED
+    assert trials[1].intermediate_values == {1: 0.1, 2: 0.15}
+    # a diverged trial is a real, terrible outcome for its config: complete with 0
+    assert trials[2].state == optuna.trial.TrialState.COMPLETE and trials[2].value == 0.0
+    assert searcher.told == {"full": "COMPLETE", "cut": "PRUNED", "nan": "COMPLETE"}
+    assert searcher.trial_states() == {"COMPLETE": 2, "PRUNED": 1}
+
+
+def test_trial_outcome():
+    assert trial_outcome(None, 4) == "error"
+    assert trial_outcome({"training_iteration": 4, "diverged": 0.0}, 4) == "completed"
+    assert trial_outcome({"training_iteration": 2, "diverged": 0.0}, 4) == "stopped_early"
+    assert trial_outcome({"training_iteration": 1, "diverged": 1.0}, 4) == "diverged"
+
+
+def _trial(index, acc, outcome="completed", epochs=MAX_EPOCHS, params=10):
+    return {
+        "index": index,
+        "trial_id": f"t{index}",
+        "val_acc": acc,
+        "outcome": outcome,
+        "epochs": epochs,
+        "trainable_params": params,
+    }
+
+
+def test_select_best_uses_final_epoch_val_of_full_trials_only():
+    trials = [
+        _trial(0, 0.70),
+        _trial(1, 0.90, outcome="stopped_early", epochs=2),  # higher, but a short run
+        _trial(2, 0.75, params=50),
+        _trial(3, 0.75, params=20),  # tie on val: fewer parameters wins
+        _trial(4, 0.95, outcome="diverged", epochs=1),
+    ]
+    assert select_best(trials, MAX_EPOCHS)["trial_id"] == "t3"
+    assert select_best([_trial(0, 0.9, outcome="stopped_early", epochs=1)], MAX_EPOCHS) is None
+
+
+def test_plan_is_one_study_per_task_and_method_with_stable_seeds():
+    cfg = parse_config(
+        {"name": "p", "tasks": ["synth/count", "synth/textures"], "methods": ["linear", "lora"]}
+    )
+    studies = plan(cfg)
+    assert [s.key for s in studies] == [
+        "synth/count:linear",
+        "synth/count:lora",
+        "synth/textures:linear",
+        "synth/textures:lora",
+    ]
+    assert len({s.seed for s in studies}) == 4
+    assert studies[1].seed == stable_seed(0, "synth/count", "lora")
+    assert "rank" in studies[1].space and "lr" in studies[1].space
+
+
+def test_ray_space_conversion_and_grid():
+    space = {
+        "lr": Domain("loguniform", (1e-4, 1e-2)),
+        "rank": Domain("choice", (1, 8)),
+        "steps": Domain("int", (1, 3)),
+        "fixed": Domain("fixed", (5,)),
+    }
+    ray_space = to_ray_space(space, grid=False)
+    assert ray_space["fixed"] == 5
+    assert ray_space["lr"].lower == pytest.approx(1e-4) and ray_space["steps"].upper == 4
+    grid = {"lr": Domain("choice", (1e-3, 1e-2)), "rank": Domain("choice", (1, 8, 16))}
+    assert to_ray_space(grid, grid=True)["rank"] == {"grid_search": [1, 8, 16]}
+    assert len(grid_points(grid)) == 6

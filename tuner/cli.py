@@ -1,0 +1,147 @@
+"""The ``petl-sweep`` command line (typer).
+
+``run`` is the whole pipeline; the other commands expose its parts: the method registry
+(``methods``, ``params``), the synthetic data (``data synth``) and the tiny backbone's
+pretraining (``pretrain``). Errors a user can fix print one clear message and exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+data_app = typer.Typer(no_args_is_help=True, help="Synthetic data and data folders.")
+app.add_typer(data_app, name="data")
+console = Console()
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(2)
+
+
+def _parse_sets(pairs: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs; values parsed as YAML scalars (numbers, bools, lists)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            _fail(f"--set expects key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+@app.command()
+def run(
+    config: Annotated[Path | None, typer.Argument(help="sweep.yaml (default: quickstart)")] = None,
+    set_: Annotated[
+        list[str], typer.Option("--set", help="override, e.g. tune.num_samples=4")
+    ] = [],  # noqa: B006
+    progress: Annotated[bool, typer.Option(help="live progress table")] = True,
+) -> None:
+    """Tune every (task, method), retrain the best configs, print the leaderboard."""
+    from tuner.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(config, _parse_sets(set_))
+    except (ConfigError, FileNotFoundError) as err:
+        _fail(str(err))
+    from tuner.pipeline import run_pipeline
+
+    run_pipeline(cfg, console, live=progress and console.is_terminal)
+
+
+@app.command()
+def methods() -> None:
+    """List every registered PETL method with its paper and hyper-parameters."""
+    from tuner.methods.describe import describe_methods
+
+    table = Table(title="PETL methods")
+    for col in ("name", "description", "paper", "hyper-parameters (default)"):
+        table.add_column(col)
+    for m in describe_methods():
+        hp = ", ".join(f"{k}={v['default']}" for k, v in m["hparams"].items())
+        table.add_row(m["name"], m["description"], m["paper"], hp or "–")
+    console.print(table)
+
+
+@app.command()
+def params(
+    method: Annotated[str, typer.Option(help="registered method name")],
+    backbone: Annotated[str, typer.Option(help="timm model name")] = "vit_base_patch16_224",
+    num_classes: Annotated[int, typer.Option(help="classes of the head")] = 100,
+    set_: Annotated[list[str], typer.Option("--set", help="hyper-parameter, e.g. rank=8")] = [],  # noqa: B006
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Trainable parameter count of a method on a backbone (in total and without head)."""
+    from tuner.methods.describe import count_params
+
+    overrides = dict(p.split("=", 1) for p in set_ if "=" in p)
+    if len(overrides) != len(set_):
+        _fail(f"--set expects key=value, got {set_}")
+    try:
+        info = count_params(method, backbone, num_classes, overrides)
+    except (KeyError, ValueError) as err:
+        _fail(str(err).strip("'\""))
+    if as_json:
+        print(json.dumps(info))
+        return
+    console.print(
+        f"{info['method']} on {info['backbone']} ({info['num_classes']} classes, {info['hp']}): "
+        f"{info['trainable_total'] / 1e6:.4f} M trainable, "
+        f"{info['trainable_without_head'] / 1e6:.4f} M without the head"
+    )
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Annotated[Path, typer.Option(help="data root to write synth tasks into")] = Path(
+        "data/synth"
+    ),
+    seed: Annotated[int, typer.Option(help="generation seed")] = 0,
+    task: Annotated[list[str], typer.Option(help="task names (default: all)")] = [],  # noqa: B006
+    overwrite: Annotated[bool, typer.Option(help="rewrite complete tasks too")] = False,
+) -> None:
+    """Write the synthetic suite in the VTAB-1k on-disk layout."""
+    from tuner.data.synthetic import SYNTH_TASKS, write_synth_suite
+
+    unknown = [t for t in task if t not in SYNTH_TASKS]
+    if unknown:
+        _fail(f"unknown synth task(s) {unknown}; valid: {', '.join(SYNTH_TASKS)}")
+    paths = write_synth_suite(out, seed=seed, tasks=task or None, overwrite=overwrite)
+    for path in paths:
+        console.print(f"wrote {path}")
+
+
+@app.command()
+def pretrain(
+    out: Annotated[
+        Path | None, typer.Option(help="weights file (default: the shipped one)")
+    ] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    epochs: Annotated[int | None, typer.Option(help="default: the shipped recipe")] = None,
+    num_images: Annotated[int | None, typer.Option(help="default: the shipped recipe")] = None,
+) -> None:
+    """Pretrain the tiny ViT on the synthetic upstream task (the shipped recipe)."""
+    import logging
+
+    from rich.logging import RichHandler
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler()])
+    from tuner.backbones import TINY_WEIGHTS
+    from tuner.pretrain import pretrain as run_pretrain
+
+    kwargs: dict[str, Any] = {"seed": seed}
+    if epochs is not None:
+        kwargs["epochs"] = epochs
+    if num_images is not None:
+        kwargs["num_images"] = num_images
+    metrics = run_pretrain(out or TINY_WEIGHTS, **kwargs)
+    console.print(metrics)

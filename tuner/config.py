@@ -1,0 +1,182 @@
+"""The sweep configuration (``sweep.yaml``), validated with pydantic.
+
+Every field is checked before a single trial starts: an unknown method or task names the
+bad value and lists the valid ones, a wrong type names the field path (``tune.max_epochs``),
+and unknown keys are rejected (a typo never silently falls back to a default).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tuner import methods
+from tuner.backbones import TINY_NAME
+from tuner.data.tasks import list_tasks
+
+QUICKSTART = Path(__file__).parent / "quickstart.yaml"
+
+
+class ConfigError(ValueError):
+    """A sweep config that cannot be run; the message names the file and field path."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TuneSettings(_Strict):
+    """Per-study budget: every (task, method) study gets exactly this."""
+
+    num_samples: int = Field(8, ge=1, description="trials per study (Optuna samples)")
+    max_epochs: int = Field(8, ge=1, description="epochs of a trial that ASHA never stops")
+    grace_period: int = Field(2, ge=1, description="ASHA: epochs before a trial may be stopped")
+    reduction_factor: int = Field(2, ge=2, description="ASHA: keep 1/rf of trials per rung")
+    max_concurrent_trials: int = Field(2, ge=1, description="running trials per study")
+    checkpoint_every: int = Field(1, ge=1, description="epochs between trial checkpoints")
+
+    @model_validator(mode="after")
+    def _grace_fits(self) -> TuneSettings:
+        if self.grace_period > self.max_epochs:
+            raise ValueError(
+                f"grace_period ({self.grace_period}) exceeds max_epochs ({self.max_epochs})"
+            )
+        return self
+
+
+class SearchSettings(_Strict):
+    space: Literal["optuna", "published_grid"] = "optuna"
+    spaces_dir: Path | None = Field(None, description="override the shipped search_spaces/")
+    fixed: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per-method fixed hyper-parameters, e.g. lora: {rank: 4}"
+    )
+
+
+class TrainSettings(_Strict):
+    batch_size: int = Field(64, ge=1)
+    warmup_epochs: float = Field(1.0, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    pretrained: bool = True
+
+
+class FinalSettings(_Strict):
+    seeds: int = Field(1, ge=1, description="retrains of the best config on train+val")
+    epochs: int | None = Field(None, ge=1, description="default: tune.max_epochs")
+
+
+class ResourceSettings(_Strict):
+    cpus_per_trial: float = Field(1, gt=0)
+    gpus_per_trial: float = Field(0, ge=0, description="fractions share one GPU, e.g. 0.25")
+    max_concurrent_studies: int | None = Field(
+        None, ge=1, description="default: enough studies to fill every CPU slot"
+    )
+
+
+class TrackingSettings(_Strict):
+    uri: str | None = Field(None, description="MLflow tracking URI; default sqlite under out_dir")
+    experiment: str | None = Field(None, description="default: the sweep name")
+
+
+class RaySettings(_Strict):
+    address: str | None = Field(None, description="None: start a local Ray; 'auto': join one")
+    num_cpus: int | None = Field(None, ge=1, description="local Ray only")
+    storage_path: str | None = Field(None, description="Ray Tune storage; shared FS or s3://")
+
+
+class SweepConfig(_Strict):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    seed: int = 0
+    backbone: str = TINY_NAME
+    tasks: list[str] = Field(..., min_length=1)
+    methods: list[str] = Field(..., min_length=1)
+    data_root: Path = Path("data")
+    out_dir: Path = Path("results")
+    tune: TuneSettings = TuneSettings()
+    search: SearchSettings = SearchSettings()
+    train: TrainSettings = TrainSettings()
+    final: FinalSettings = FinalSettings()
+    resources: ResourceSettings = ResourceSettings()
+    tracking: TrackingSettings = TrackingSettings()
+    ray: RaySettings = RaySettings()
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, value: list[str]) -> list[str]:
+        expanded = _expand(value, methods.list_methods(), "method")
+        return expanded
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, value: list[str]) -> list[str]:
+        return _expand(value, list_tasks(), "task")
+
+    @model_validator(mode="after")
+    def _fixed_is_valid(self) -> SweepConfig:
+        for name, hp in self.search.fixed.items():
+            if name not in self.methods:
+                raise ValueError(f"search.fixed: {name!r} is not one of the sweep's methods")
+            methods.get(name, **hp)  # raises naming the bad hyper-parameter
+        return self
+
+    @property
+    def experiment(self) -> str:
+        return self.tracking.experiment or self.name
+
+    @property
+    def final_epochs(self) -> int:
+        return self.final.epochs or self.tune.max_epochs
+
+
+def _expand(values: list[str], valid: list[str], kind: str) -> list[str]:
+    """Expand shell wildcards (``synth/*``) and reject unknown names, keeping order."""
+    import fnmatch
+
+    out: list[str] = []
+    for value in values:
+        matches = [v for v in valid if fnmatch.fnmatchcase(v, value)]
+        if not matches:
+            shown = ", ".join(valid[:30]) + (
+                f", ... ({len(valid)} in all)" if len(valid) > 30 else ""
+            )
+            raise ValueError(f"unknown {kind} {value!r}; valid: {shown}")
+        out.extend(m for m in matches if m not in out)
+    return out
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>") -> SweepConfig:
+    """Validate a config dict; errors become one ``ConfigError`` listing each field path."""
+    try:
+        return SweepConfig.model_validate(data)
+    except ValidationError as err:
+        lines = []
+        for e in err.errors():
+            path = ".".join(str(p) for p in e["loc"]) or "(top level)"
+            msg = e["msg"].removeprefix("Value error, ")
+            got = f" (got {e['input']!r})" if e["type"] not in ("missing",) and "input" in e else ""
+            lines.append(f"  {path}: {msg}{got}" if "unknown" not in msg else f"  {path}: {msg}")
+        raise ConfigError(f"{source}: invalid sweep config\n" + "\n".join(lines)) from None
+
+
+def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> SweepConfig:
+    """Read ``path`` (default: the built-in quickstart) and apply top-level overrides."""
+    path = path or QUICKSTART
+    if not path.exists():
+        raise ConfigError(f"{path}: no such sweep config")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a sweep config is a mapping, got {type(data).__name__}")
+    for key, value in (overrides or {}).items():
+        _set_path(data, key.split("."), value)
+    return parse_config(data, str(path))
+
+
+def _set_path(data: dict[str, Any], keys: list[str], value: Any) -> None:
+    for key in keys[:-1]:
+        data = data.setdefault(key, {})
+    data[keys[-1]] = value

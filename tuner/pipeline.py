@@ -1,0 +1,65 @@
+"""``petl-sweep run``: the sweep, then the leaderboard, with a live display.
+
+Kept apart from ``sweep.py`` (which owns Ray, Optuna and MLflow) so the display and the
+file outputs can change without touching the orchestration.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+
+from tuner.config import SweepConfig
+from tuner.leaderboard import flat_and_group_means, results_frame, summarise, write_leaderboard
+from tuner.progress import render
+from tuner.sweep import log_leaderboard, run_sweep, tracking_uri
+
+
+def run_pipeline(cfg: SweepConfig, console: Console, live: bool = True) -> dict[str, Any]:
+    """Run the sweep, write and log the leaderboard, print where everything is."""
+    out_dir = Path(cfg.out_dir) / cfg.name
+    console.print(
+        f"[bold]petl-sweep[/] {cfg.name}: {len(cfg.tasks)} tasks × {len(cfg.methods)} methods, "
+        f"{cfg.tune.num_samples} trials/study, ASHA over {cfg.tune.max_epochs} epochs"
+    )
+    last: dict[str, Any] = {}
+    with Live(console=console, auto_refresh=False, transient=False) as display:
+
+        def tick(snapshot: dict[str, Any]) -> None:
+            last.update(snapshot)
+            if live:
+                display.update(render(snapshot, cfg.name), refresh=True)
+
+        result = run_sweep(cfg, on_tick=tick)
+        display.update(render(last, cfg.name), refresh=True)
+    if not result["finals"]:
+        console.print("[red]no study produced a result; nothing to rank[/]")
+        return result
+    paths = write_leaderboard(result["finals"], out_dir)
+    means = flat_and_group_means(summarise(results_frame(result["finals"])))
+    log_leaderboard(
+        cfg,
+        result["tracker"],
+        paths,
+        {
+            r.method: {"mean_flat": r.mean_flat, "mean_group": r.mean_group}
+            for r in means.itertuples()
+        },
+    )
+    trials = [t for s in result["studies"].values() for t in s["trials"]]
+    early = sum(t["outcome"] == "stopped_early" for t in trials)
+    console.print(paths["markdown"].read_text(), soft_wrap=True, highlight=False)
+    console.print(
+        f"{len(trials)} trials ({early} stopped early by ASHA), {len(result['finals'])} final "
+        f"runs in {result['wall_s']:.0f}s.\n"
+        f"Leaderboard: {paths['markdown']} and {paths['summary']}\n"
+        f"MLflow: mlflow ui --backend-store-uri {tracking_uri(cfg)}  (experiment "
+        f"{cfg.experiment!r})",
+        soft_wrap=True,
+        highlight=False,
+    )
+    result["paths"] = paths
+    return result

@@ -1,0 +1,565 @@
+"""Plan → Ray Tune studies (Optuna TPE + ASHA) → final retrains → leaderboard.
+
+This is the one module where Ray, Optuna and MLflow meet. Each (task, method) is its own
+study with its own equal budget, its own seeded TPE sampler and its own ASHA brackets.
+Studies run as Ray tasks, several at once, so the cluster stays busy while a study's last
+trial finishes; a study's final retrains start as soon as that study is done.
+
+Two traps are handled here:
+* Ray lets a non-random searcher keep one trial pending unless ``max_concurrent_trials``
+  is set, so it always is.
+* Ray hands a trial that ASHA stopped to Optuna as *complete* with its truncated score, so
+  TPE would learn from short runs as if they were final. ``HonestOptunaSearch`` tells
+  Optuna such trials were *pruned* (their intermediate values are already reported).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from tuner.artifacts import environment_info, predictions_bytes, trainable_bytes
+from tuner.config import SweepConfig
+from tuner.progress import ProgressBoard
+from tuner.spaces import Domain, load_space
+from tuner.tracking import TrackingService, default_tracking_uri
+from tuner.train import TrialSpec, train_one
+from tuner.trainable import tune_trainable
+
+METRIC = "val/acc"
+#: Result keys worth logging to MLflow (Ray adds many bookkeeping fields).
+LOGGED = (
+    "train/loss",
+    "train/acc",
+    "val/acc",
+    "test/acc",
+    "epoch_time_s",
+    "lr",
+    "diverged",
+    "trainable_params",
+    "trainable_params_without_head",
+)
+
+
+def stable_seed(*parts: object) -> int:
+    """A seed derived from names, identical across processes (unlike ``hash``)."""
+    digest = hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()
+    return int(digest[:8], 16)
+
+
+@dataclass
+class StudySpec:
+    task: str
+    method: str
+    seed: int
+    space: dict[str, Domain]
+    fixed: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.task}:{self.method}"
+
+    @property
+    def dirname(self) -> str:
+        return self.key.replace("/", "-").replace(":", "__")
+
+
+def plan(cfg: SweepConfig) -> list[StudySpec]:
+    """One study per (task, method), tasks outermost so early results span methods."""
+    return [
+        StudySpec(
+            task=task,
+            method=method,
+            seed=stable_seed(cfg.seed, task, method),
+            space=load_space(method, cfg.search.space, cfg.search.spaces_dir),
+            fixed=dict(cfg.search.fixed.get(method, {})),
+        )
+        for task in cfg.tasks
+        for method in cfg.methods
+    ]
+
+
+def to_ray_space(space: dict[str, Domain], grid: bool) -> dict[str, Any]:
+    """Our domains as Ray Tune domains (grid: ``grid_search`` over each value list)."""
+    out: dict[str, Any] = {}
+    for key, dom in space.items():
+        if grid:
+            out[key] = tune.grid_search(list(dom.args))
+        elif dom.kind == "choice":
+            out[key] = tune.choice(list(dom.args))
+        elif dom.kind == "loguniform":
+            out[key] = tune.loguniform(*dom.args)
+        elif dom.kind == "uniform":
+            out[key] = tune.uniform(*dom.args)
+        elif dom.kind == "int":
+            out[key] = tune.randint(dom.args[0], dom.args[1] + 1)
+        else:
+            out[key] = dom.args[0]
+    return out
+
+
+def trial_outcome(result: dict[str, Any] | None, max_epochs: int) -> str:
+    """completed / stopped_early (by ASHA) / diverged / error, from a trial's last result."""
+    if not result:
+        return "error"
+    if result.get("diverged"):
+        return "diverged"
+    if int(result.get("training_iteration", 0)) < max_epochs:
+        return "stopped_early"
+    return "completed"
+
+
+class HonestOptunaSearch(OptunaSearch):
+    """OptunaSearch that reports ASHA-stopped trials to Optuna as PRUNED, not COMPLETE."""
+
+    def __init__(self, *args: Any, max_epochs: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_epochs = max_epochs
+        self.told: dict[str, str] = {}
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
+        outcome = trial_outcome(result, self.max_epochs)
+        if not error and outcome == "stopped_early" and trial_id not in self._completed_trials:
+            self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
+            self._completed_trials.add(trial_id)
+            self.told[trial_id] = "PRUNED"
+            return
+        super().on_trial_complete(trial_id, result, error)
+        state = self._ot_study.trials[-1].state if self._ot_study.trials else None
+        self.told[trial_id] = state.name if state is not None else "UNKNOWN"
+
+    def trial_states(self) -> dict[str, int]:
+        """How Optuna recorded every trial: counts by state name."""
+        counts: dict[str, int] = {}
+        for t in self._ot_study.trials:
+            counts[t.state.name] = counts.get(t.state.name, 0) + 1
+        return counts
+
+
+class MLflowTrialCallback(tune.Callback):
+    """Child MLflow run per trial under the study's parent run, one ``log_batch`` per epoch."""
+
+    def __init__(
+        self, tracker: Any, study: StudySpec, tags: dict[str, str], max_epochs: int, board: Any
+    ) -> None:
+        self.tracker, self.study, self.tags = tracker, study, tags
+        self.max_epochs, self.board = max_epochs, board
+        self.started: set[str] = set()
+
+    def _key(self, trial: Any) -> str:
+        return f"{self.study.key}/{trial.trial_id}"
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if trial.trial_id in self.started:
+            return
+        self.started.add(trial.trial_id)
+        params = {**self.study.fixed, **trial.config}
+        self.tracker.start_run.remote(
+            self._key(trial),
+            f"trial_{trial.trial_id}",
+            {**self.tags, "trial_id": trial.trial_id},
+            params=params,
+            parent=self.study.key,
+        )
+        self.board.trial_started.remote(self.study.key)
+
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
+        metrics = {k: result[k] for k in LOGGED if k in result}
+        self.tracker.log_metrics.remote(
+            self._key(trial), metrics, int(result["training_iteration"])
+        )
+        if METRIC in result and not result.get("diverged"):
+            self.board.trial_result.remote(self.study.key, float(result[METRIC]))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        outcome = trial_outcome(trial.last_result, self.max_epochs)
+        self.tracker.end_run.remote(
+            self._key(trial),
+            "FAILED" if outcome == "diverged" else "FINISHED",
+            {"outcome": outcome, "epochs_run": trial.last_result.get("training_iteration", 0)},
+        )
+        self.board.trial_done.remote(self.study.key, outcome)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.tracker.end_run.remote(self._key(trial), "FAILED", {"outcome": "error"})
+        self.board.trial_done.remote(self.study.key, "error")
+
+
+def select_best(trials: list[dict[str, Any]], max_epochs: int) -> dict[str, Any] | None:
+    """Best trial by *final-epoch* val accuracy among trials that ran every epoch.
+
+    Ties: fewer trainable parameters, then the earlier trial. Never reads test metrics.
+    """
+    finished = [t for t in trials if t["outcome"] == "completed" and t["epochs"] >= max_epochs]
+    if not finished:
+        return None
+    return min(finished, key=lambda t: (-t["val_acc"], t.get("trainable_params", 0), t["index"]))
+
+
+def run_study(cfg: SweepConfig, study: StudySpec, tracker: Any, board: Any) -> dict[str, Any]:
+    """One Ray Tune ``Tuner.fit`` for one (task, method): runs inside a Ray task."""
+    grid = cfg.search.space == "published_grid"
+    tags = {
+        "task": study.task,
+        "method": study.method,
+        "backbone": cfg.backbone,
+        "stage": "tune",
+        "study": study.key,
+        "sweep": cfg.name,
+    }
+    ray.get(
+        tracker.start_run.remote(
+            study.key,
+            study.key,
+            tags,
+            params={
+                "search.space": cfg.search.space,
+                "search.num_samples": cfg.tune.num_samples,
+                "search.seed": study.seed,
+                **{f"fixed.{k}": v for k, v in study.fixed.items()},
+            },
+        )
+    )
+    board.update.remote(study.key, status="tuning")
+    param_space = to_ray_space({k: v for k, v in study.space.items() if k not in study.fixed}, grid)
+    searcher = (
+        None
+        if grid
+        else HonestOptunaSearch(
+            metric=METRIC,
+            mode="max",
+            sampler=optuna.samplers.TPESampler(seed=study.seed),
+            max_epochs=cfg.tune.max_epochs,
+        )
+    )
+    spec = TrialSpec(
+        task=study.task,
+        method=study.method,
+        hp=dict(study.fixed),
+        backbone=cfg.backbone,
+        pretrained=cfg.train.pretrained,
+        stage="tune",
+        epochs=cfg.tune.max_epochs,
+        batch_size=cfg.train.batch_size,
+        warmup_epochs=cfg.train.warmup_epochs,
+        label_smoothing=cfg.train.label_smoothing,
+        seed=cfg.seed,
+        data_root=str(Path(cfg.data_root).resolve()),
+        threads=max(1, math.floor(cfg.resources.cpus_per_trial)),
+    ).to_dict()
+    trainable = tune.with_resources(
+        tune.with_parameters(tune_trainable, spec=spec, checkpoint_every=cfg.tune.checkpoint_every),
+        {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial},
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=ASHAScheduler(
+                time_attr="training_iteration",
+                metric=METRIC,
+                mode="max",
+                max_t=cfg.tune.max_epochs,
+                grace_period=cfg.tune.grace_period,
+                reduction_factor=cfg.tune.reduction_factor,
+            ),
+            num_samples=1 if grid else cfg.tune.num_samples,
+            max_concurrent_trials=cfg.tune.max_concurrent_trials,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=f"{cfg.name}__{study.dirname}",
+            storage_path=storage_path(cfg),
+            callbacks=[MLflowTrialCallback(tracker, study, tags, cfg.tune.max_epochs, board)],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=1),
+            verbose=0,
+        ),
+    )
+    started = time.time()
+    grid_results = tuner.fit()
+    trials = []
+    for index, res in enumerate(grid_results):
+        last = res.metrics or {}
+        trials.append(
+            {
+                "index": index,
+                "trial_id": last.get("trial_id", str(index)),
+                "config": {**study.fixed, **(res.config or {})},
+                "epochs": int(last.get("training_iteration", 0)),
+                "val_acc": float(last.get(METRIC, 0.0)),
+                "trainable_params": int(last.get("trainable_params", 0)),
+                "outcome": "error" if res.error else trial_outcome(last, cfg.tune.max_epochs),
+            }
+        )
+    best = select_best(trials, cfg.tune.max_epochs)
+    summary = {
+        "study": study.key,
+        "task": study.task,
+        "method": study.method,
+        "trials": trials,
+        "best": best,
+        "wall_s": time.time() - started,
+        "optuna_states": searcher.trial_states() if searcher else {},
+    }
+    counts = {
+        o: sum(t["outcome"] == o for t in trials)
+        for o in ("completed", "stopped_early", "diverged", "error")
+    }
+    ray.get(
+        tracker.log_metrics.remote(
+            study.key,
+            {
+                **{f"trials_{k}": v for k, v in counts.items()},
+                "best_val_acc": best["val_acc"] if best else float("nan"),
+                "tune_wall_s": summary["wall_s"],
+            },
+            0,
+        )
+    )
+    end_tags = {
+        "best_trial": best["trial_id"] if best else "none",
+        **{f"optuna.{k}": v for k, v in summary["optuna_states"].items()},
+    }
+    if best:
+        ray.get(tracker.log_params.remote(study.key, {"best": best["config"]}))
+    ray.get(tracker.end_run.remote(study.key, "FINISHED" if best else "FAILED", end_tags))
+    board.update.remote(study.key, status="final" if best else "no result")
+    return summary
+
+
+def run_final(cfg: SweepConfig, study: dict[str, Any], seed_index: int) -> dict[str, Any]:
+    """Retrain the study's best config on train800val200 and report test accuracy."""
+    best = study["best"]
+    spec = TrialSpec(
+        task=study["task"],
+        method=study["method"],
+        hp=best["config"],
+        backbone=cfg.backbone,
+        pretrained=cfg.train.pretrained,
+        stage="final",
+        epochs=cfg.final_epochs,
+        batch_size=cfg.train.batch_size,
+        warmup_epochs=cfg.train.warmup_epochs,
+        label_smoothing=cfg.train.label_smoothing,
+        seed=cfg.seed + 1000 + seed_index,
+        data_root=str(Path(cfg.data_root).resolve()),
+        threads=max(1, math.floor(cfg.resources.cpus_per_trial)),
+    )
+    started = time.time()
+    result = train_one(spec)
+    result.update(
+        spec=spec.to_dict(),
+        study=study["study"],
+        seed_index=seed_index,
+        wall_s=time.time() - started,
+        environment=environment_info(),
+    )
+    return result
+
+
+def storage_path(cfg: SweepConfig) -> str:
+    return cfg.ray.storage_path or str((Path(cfg.out_dir) / "ray_results").resolve())
+
+
+def tracking_uri(cfg: SweepConfig) -> str:
+    return cfg.tracking.uri or default_tracking_uri(cfg.out_dir)
+
+
+def artifact_root(cfg: SweepConfig) -> str | None:
+    """Artifacts beside the SQLite store by default; a server decides for itself."""
+    if cfg.tracking.uri:
+        return None
+    return (Path(cfg.out_dir).resolve() / "mlartifacts" / cfg.experiment).as_uri()
+
+
+def _init_ray(cfg: SweepConfig) -> None:
+    if ray.is_initialized():
+        return
+    if cfg.ray.address:
+        ray.init(address=cfg.ray.address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=False)
+
+
+def concurrent_studies(cfg: SweepConfig) -> int:
+    """Enough studies to fill every trial slot, plus one to cover a study's tail."""
+    if cfg.resources.max_concurrent_studies:
+        return cfg.resources.max_concurrent_studies
+    cpus = ray.cluster_resources().get("CPU", 1)
+    slots = max(1, int(cpus // cfg.resources.cpus_per_trial))
+    return max(1, math.ceil(slots / cfg.tune.max_concurrent_trials)) + 1
+
+
+def prepare_data(cfg: SweepConfig) -> None:
+    """Write missing synthetic tasks and decode every task once, before trials race for it."""
+    from tuner.backbones import create_backbone, data_config
+    from tuner.data import load_task
+
+    size = data_config(create_backbone(cfg.backbone, 2, pretrained=False))["input_size"][-1]
+    for task in cfg.tasks:
+        load_task(task, Path(cfg.data_root), size, synth_seed=0)
+
+
+def run_sweep(
+    cfg: SweepConfig, on_tick: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
+    """Run every study and its final retrains; returns study summaries and final results."""
+    Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+    prepare_data(cfg)
+    _init_ray(cfg)
+    studies = plan(cfg)
+    tracker = ray.remote(num_cpus=0)(TrackingService).remote(
+        tracking_uri(cfg), cfg.experiment, artifact_root(cfg)
+    )
+    board = ray.remote(num_cpus=0)(ProgressBoard).remote(
+        [s.key for s in studies], cfg.tune.num_samples
+    )
+    study_task = ray.remote(num_cpus=0, max_retries=0)(run_study)
+    final_task = ray.remote(max_retries=1)(run_final).options(
+        num_cpus=cfg.resources.cpus_per_trial, num_gpus=cfg.resources.gpus_per_trial
+    )
+    queue, running, finals = list(studies), {}, {}
+    summaries: dict[str, dict[str, Any]] = {}
+    final_results: list[dict[str, Any]] = []
+    limit = concurrent_studies(cfg)
+    started = time.time()
+    while queue or running or finals:
+        while queue and len(running) < limit:
+            study = queue.pop(0)
+            running[study_task.remote(cfg, study, tracker, board)] = study
+        ready, _ = ray.wait(list(running) + list(finals), num_returns=1, timeout=0.5)
+        for ref in ready:
+            if ref in running:
+                running.pop(ref)
+                summary = ray.get(ref)
+                summaries[summary["study"]] = summary
+                if summary["best"]:
+                    for i in range(cfg.final.seeds):
+                        finals[final_task.remote(cfg, summary, i)] = summary["study"]
+            else:
+                study_key = finals.pop(ref)
+                result = ray.get(ref)
+                _log_final(cfg, tracker, result)
+                final_results.append(result)
+                seeds = [r["test/acc"] for r in final_results if r["study"] == study_key]
+                board.update.remote(
+                    study_key,
+                    final=sum(seeds) / len(seeds),
+                    status="done" if len(seeds) == cfg.final.seeds else "final",
+                )
+        if on_tick is not None:
+            on_tick(ray.get(board.snapshot.remote()))
+    for key, summary in summaries.items():
+        if not summary["best"]:
+            board.update.remote(key, status="no result")
+    if on_tick is not None:
+        on_tick(ray.get(board.snapshot.remote()))
+    return {
+        "studies": summaries,
+        "finals": final_results,
+        "tracker": tracker,
+        "wall_s": time.time() - started,
+    }
+
+
+def _log_final(cfg: SweepConfig, tracker: Any, result: dict[str, Any]) -> None:
+    """A final run: params, per-epoch training metrics, test/acc once, and artifacts."""
+    spec = result["spec"]
+    key = f"final/{result['study']}/{result['seed_index']}"
+    tags = {
+        "task": spec["task"],
+        "method": spec["method"],
+        "backbone": cfg.backbone,
+        "stage": "final",
+        "study": result["study"],
+        "sweep": cfg.name,
+        "seed": spec["seed"],
+        "device": result["environment"]["device"],
+        "git_sha": result["environment"]["git_sha"],
+    }
+    name = f"final {result['study']} seed{result['seed_index']}"
+    ray.get(
+        tracker.start_run.remote(
+            key,
+            name,
+            tags,
+            params={
+                **spec["hp"],
+                "seed": spec["seed"],
+                "epochs": spec["epochs"],
+                "batch_size": spec["batch_size"],
+            },
+        )
+    )
+    for epoch in result["history"]:
+        step = int(epoch["epoch"])
+        logged = {k: v for k, v in epoch.items() if k in LOGGED and k != "test/acc"}
+        tracker.log_metrics.remote(key, logged, step)
+    tracker.log_metrics.remote(
+        key,
+        {
+            "test/acc": result["test/acc"],
+            "trainable_params": result["trainable_params"],
+            "trainable_params_without_head": result["trainable_params_without_head"],
+            "wall_s": result["wall_s"],
+            "peak_memory_mb": result["peak_memory_mb"],
+        },
+        int(spec["epochs"]),
+    )
+    logits, labels = result["predictions"]
+    tracker.log_artifact_bytes.remote(
+        key, "test_predictions.parquet", predictions_bytes(logits, labels)
+    )
+    tracker.log_artifact_bytes.remote(
+        key,
+        "trainable.safetensors",
+        trainable_bytes(
+            result["trainable_state"],
+            {
+                "method": spec["method"],
+                "hp": spec["hp"],
+                "backbone": spec["backbone"],
+                "task": spec["task"],
+            },
+        ),
+    )
+    tracker.log_dict.remote(key, {k: v for k, v in spec.items()}, "config.json")
+    tracker.log_dict.remote(key, result["environment"], "environment.json")
+    ray.get(tracker.end_run.remote(key, "FINISHED", {"outcome": "completed"}))
+
+
+def log_leaderboard(
+    cfg: SweepConfig, tracker: Any, paths: dict[str, Path], means: dict[str, dict[str, float]]
+) -> str:
+    """A ``leaderboard`` run holding the tables as artifacts and the means as metrics."""
+    key = "leaderboard"
+    run_id = ray.get(
+        tracker.start_run.remote(
+            key,
+            "leaderboard",
+            {"stage": "leaderboard", "sweep": cfg.name, "backbone": cfg.backbone},
+        )
+    )
+    for path in paths.values():
+        ray.get(tracker.log_artifact.remote(key, path, "leaderboard"))
+    for method, values in means.items():
+        tracker.log_metrics.remote(key, {f"{method}/{k}": v for k, v in values.items()}, 0)
+    ray.get(tracker.end_run.remote(key, "FINISHED"))
+    return run_id

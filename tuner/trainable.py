@@ -1,0 +1,33 @@
+"""The thin Ray Tune adapter around ``Trainer``: report each epoch, checkpoint, restore.
+
+The training code knows nothing of the tuner; this function is the only place a trial
+touches ``ray.tune``. A checkpoint holds the trainable tensors, optimiser, schedule and
+RNG, so a trial restored after a node failure continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from tuner.train import Trainer, TrialSpec
+
+
+def tune_trainable(config: dict[str, Any], spec: dict[str, Any], checkpoint_every: int = 1) -> None:
+    """Ray Tune function trainable: ``config`` is the sampled hp, ``spec`` the fixed rest."""
+    trainer = Trainer(TrialSpec(**{**spec, "hp": {**spec.get("hp", {}), **config}}))
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            trainer.load(Path(directory))
+    for metrics in trainer.epochs():
+        last = trainer.epoch >= trainer.spec.epochs or trainer.diverged
+        if trainer.epoch % checkpoint_every == 0 or last:
+            with tempfile.TemporaryDirectory() as directory:
+                trainer.save(Path(directory))
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+        else:
+            tune.report(metrics)
