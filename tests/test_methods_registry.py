@@ -80,7 +80,7 @@ def test_every_method_has_a_formula():
 def test_registry_rejects_duplicates_and_unknowns():
     with pytest.raises(ValueError, match="registered twice"):
         methods.register(type(methods.get("lora")))
-    with pytest.raises(KeyError, match="valid: .*lora"):
+    with pytest.raises(KeyError, match=r"valid: .*lora"):
         methods.get("lorra")
     with pytest.raises(ValueError, match="unknown hyper-parameter"):
         methods.get("lora", rnak=4)
