@@ -13,7 +13,8 @@ from typing import Any
 
 import pandas as pd
 
-from tuner.data.tasks import get_task
+from tuner.data.tasks import get_task, list_tasks
+from tuner.methods import list_methods
 
 
 def results_frame(finals: list[dict[str, Any]]) -> pd.DataFrame:
@@ -73,8 +74,10 @@ def flat_and_group_means(summary: pd.DataFrame) -> pd.DataFrame:
 
 def wide_table(summary: pd.DataFrame) -> pd.DataFrame:
     """Methods × tasks (test acc %, mean ± std), then flat/group means and parameters."""
-    tasks = list(dict.fromkeys(summary["task"]))
-    methods = list(dict.fromkeys(summary["method"]))
+    # Registry order, not the order finals happened to finish in: stable across runs.
+    present_tasks, present_methods = set(summary["task"]), set(summary["method"])
+    tasks = [t for t in list_tasks() if t in present_tasks]
+    methods = [m for m in list_methods() if m in present_methods]
     means = flat_and_group_means(summary).set_index("method")
     table = []
     for method in methods:

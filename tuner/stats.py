@@ -47,7 +47,11 @@ def bootstrap_ties(
     diffs = boot[:, [best]] - boot
     low = np.quantile(diffs, (1 - confidence) / 2, axis=0)
     return {
-        m: {"mean": float(means[i]), "best": i == best,
-            "tied": bool(i == best or low[i] <= 0.0), "low": float(low[i])}
+        m: {
+            "mean": float(means[i]),
+            "best": i == best,
+            "tied": bool(i == best or low[i] <= 0.0),
+            "low": float(low[i]),
+        }
         for i, m in enumerate(names)
     }
