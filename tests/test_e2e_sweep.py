@@ -113,3 +113,35 @@ def test_final_configs_are_the_best_validation_trials(sweep):
     for final in result["finals"]:
         best = result["studies"][final["study"]]["best"]
         assert final["spec"]["hp"] == best["config"]
+
+
+def test_tuning_never_evaluates_on_test(sweep):
+    _, _, runs = sweep
+    tune_runs = [r for r in runs if r["tags"].get("stage") == "tune"]
+    assert tune_runs and not any("test/acc" in r["metrics"] for r in tune_runs)
+
+
+def test_datasets_are_logged_as_mlflow_inputs(sweep):
+    cfg, result, _ = sweep
+    tracker = TrackingService(tracking_uri(cfg), cfg.experiment, create=False)
+    final = next(iter(result["finals"]))
+    run = tracker.client.get_run(tracker.find({"final_hash": final["final_hash"]})[0]["run_id"])
+    (inp,) = run.inputs.dataset_inputs
+    assert inp.dataset.name == final["spec"]["task"] and len(inp.dataset.digest) == 16
+    assert '"test": 1000' in inp.dataset.profile
+
+
+def test_rerun_reuses_finished_studies_and_finals(sweep):
+    cfg, first, runs = sweep
+    with open(Path(cfg.out_dir) / "rerun.txt", "w") as log:
+        again = run_pipeline(cfg, Console(file=log, width=200), live=False)
+    ray.shutdown()
+    assert again["reused"] == {"studies": len(TASKS) * len(METHODS),
+                               "finals": len(TASKS) * len(METHODS)}
+    assert again["finals"] == []
+    after = TrackingService(tracking_uri(cfg), cfg.experiment).search()
+    # nothing re-ran: only one more leaderboard run was added
+    assert len(after) == len(runs) + 1
+    before = pd.read_parquet(first["paths"]["summary"])
+    rebuilt = pd.read_parquet(again["paths"]["summary"])
+    assert before["test_acc"].tolist() == rebuilt["test_acc"].tolist()

@@ -59,6 +59,30 @@ def run(
 
 
 @app.command()
+def leaderboard(
+    experiment: Annotated[list[str], typer.Option(help="MLflow experiment (repeatable)")],
+    tracking_uri: Annotated[
+        str, typer.Option(help="MLflow tracking URI")
+    ] = "sqlite:///results/mlflow.db",
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("results/leaderboard"),
+    log: Annotated[bool, typer.Option(help="log a leaderboard run to the first experiment")] = True,
+) -> None:
+    """Rebuild the leaderboard from MLflow (any server, one or several sweeps)."""
+    from tuner.leaderboard import build, publish
+
+    try:
+        paths, tracker = build(
+            tracking_uri, experiment, out, "petl-sweep: " + " + ".join(experiment)
+        )
+    except ValueError as err:
+        _fail(str(err))
+    if log:
+        publish(tracker, paths, "+".join(experiment))
+    console.print(paths["markdown"].read_text(), soft_wrap=True, highlight=False)
+    console.print(f"written: {', '.join(str(p) for p in paths.values())}", soft_wrap=True)
+
+
+@app.command()
 def methods() -> None:
     """List every registered PETL method with its paper and hyper-parameters."""
     from tuner.methods.describe import describe_methods

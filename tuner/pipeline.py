@@ -13,9 +13,9 @@ from rich.console import Console
 from rich.live import Live
 
 from tuner.config import SweepConfig
-from tuner.leaderboard import flat_and_group_means, results_frame, summarise, write_leaderboard
+from tuner.leaderboard import build, publish
 from tuner.progress import render
-from tuner.sweep import log_leaderboard, run_sweep, tracking_uri
+from tuner.sweep import run_sweep, tracking_uri
 
 
 def run_pipeline(cfg: SweepConfig, console: Console, live: bool = True) -> dict[str, Any]:
@@ -35,27 +35,23 @@ def run_pipeline(cfg: SweepConfig, console: Console, live: bool = True) -> dict[
 
         result = run_sweep(cfg, on_tick=tick)
         display.update(render(last, cfg.name), refresh=True)
-    if not result["finals"]:
-        console.print("[red]no study produced a result; nothing to rank[/]")
+    try:
+        paths, tracker = build(
+            tracking_uri(cfg), [cfg.experiment], out_dir, f"petl-sweep: {cfg.name}"
+        )
+    except ValueError as err:
+        console.print(f"[red]nothing to rank: {err}[/]")
         return result
-    paths = write_leaderboard(result["finals"], out_dir)
-    means = flat_and_group_means(summarise(results_frame(result["finals"])))
-    log_leaderboard(
-        cfg,
-        result["tracker"],
-        paths,
-        {
-            r.method: {"mean_flat": r.mean_flat, "mean_group": r.mean_group}
-            for r in means.itertuples()
-        },
-    )
+    publish(tracker, paths, cfg.name)
     trials = [t for s in result["studies"].values() for t in s["trials"]]
     early = sum(t["outcome"] == "stopped_early" for t in trials)
     console.print(paths["markdown"].read_text(), soft_wrap=True, highlight=False)
     console.print(
         f"{len(trials)} trials ({early} stopped early by ASHA), {len(result['finals'])} final "
-        f"runs in {result['wall_s']:.0f}s.\n"
-        f"Leaderboard: {paths['markdown']} and {paths['summary']}\n"
+        f"runs in {result['wall_s']:.0f}s (reused from MLflow: {result['reused']['studies']} "
+        f"studies, {result['reused']['finals']} final runs).\n"
+        f"Leaderboard: {paths['markdown']}, {paths['html']} (plots: {paths['heatmap'].name}, "
+        f"{paths['pareto'].name}), {paths['summary']}\n"
         f"MLflow: mlflow ui --backend-store-uri {tracking_uri(cfg)}  (experiment "
         f"{cfg.experiment!r})",
         soft_wrap=True,

@@ -16,6 +16,7 @@ Two traps are handled here:
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import time
 from collections.abc import Callable
@@ -65,6 +66,10 @@ class StudySpec:
     seed: int
     space: dict[str, Domain]
     fixed: dict[str, Any] = field(default_factory=dict)
+    #: Content hash of everything that determines the study's result (resume key).
+    hash: str = ""
+    #: Name, digest and split sizes of the task data (logged as an MLflow dataset input).
+    dataset: dict[str, Any] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -153,10 +158,16 @@ class MLflowTrialCallback(tune.Callback):
     """Child MLflow run per trial under the study's parent run, one ``log_batch`` per epoch."""
 
     def __init__(
-        self, tracker: Any, study: StudySpec, tags: dict[str, str], max_epochs: int, board: Any
+        self,
+        tracker: Any,
+        study: StudySpec,
+        tags: dict[str, str],
+        max_epochs: int,
+        board: Any,
+        devices: float,
     ) -> None:
         self.tracker, self.study, self.tags = tracker, study, tags
-        self.max_epochs, self.board = max_epochs, board
+        self.max_epochs, self.board, self.devices = max_epochs, board, devices
         self.started: set[str] = set()
 
     def _key(self, trial: Any) -> str:
@@ -188,6 +199,8 @@ class MLflowTrialCallback(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         outcome = trial_outcome(trial.last_result, self.max_epochs)
+        hours = trial.last_result.get("time_total_s", 0.0) * self.devices / 3600
+        self.tracker.log_metrics.remote(self._key(trial), {"device_hours": hours}, 0)
         self.tracker.end_run.remote(
             self._key(trial),
             "FAILED" if outcome == "diverged" else "FINISHED",
@@ -211,6 +224,32 @@ def select_best(trials: list[dict[str, Any]], max_epochs: int) -> dict[str, Any]
     return min(finished, key=lambda t: (-t["val_acc"], t.get("trainable_params", 0), t["index"]))
 
 
+def trial_spec(
+    cfg: SweepConfig, task: str, method: str, hp: dict[str, Any], stage: str, seed: int
+) -> TrialSpec:
+    """The fixed part of a run, from the sweep config: the same for tune and final stages."""
+    return TrialSpec(
+        task=task,
+        method=method,
+        hp=hp,
+        backbone=cfg.backbone,
+        pretrained=cfg.train.pretrained,
+        stage=stage,  # type: ignore[arg-type]
+        epochs=cfg.tune.max_epochs if stage == "tune" else cfg.final_epochs,
+        batch_size=cfg.train.batch_size,
+        warmup_epochs=cfg.train.warmup_epochs,
+        label_smoothing=cfg.train.label_smoothing,
+        seed=seed,
+        data_root=str(Path(cfg.data_root).resolve()),
+        threads=max(1, math.floor(cfg.resources.cpus_per_trial)),
+    )
+
+
+def devices_per_trial(cfg: SweepConfig) -> float:
+    """What a trial holds, for device-hours: its GPUs, or its CPU cores without GPUs."""
+    return cfg.resources.gpus_per_trial or cfg.resources.cpus_per_trial
+
+
 def run_study(cfg: SweepConfig, study: StudySpec, tracker: Any, board: Any) -> dict[str, Any]:
     """One Ray Tune ``Tuner.fit`` for one (task, method): runs inside a Ray task."""
     grid = cfg.search.space == "published_grid"
@@ -226,7 +265,7 @@ def run_study(cfg: SweepConfig, study: StudySpec, tracker: Any, board: Any) -> d
         tracker.start_run.remote(
             study.key,
             study.key,
-            tags,
+            {**tags, "study_hash": study.hash},
             params={
                 "search.space": cfg.search.space,
                 "search.num_samples": cfg.tune.num_samples,
@@ -235,6 +274,7 @@ def run_study(cfg: SweepConfig, study: StudySpec, tracker: Any, board: Any) -> d
             },
         )
     )
+    tracker.log_dataset.remote(study.key, study.dataset, "tune")
     board.update.remote(study.key, status="tuning")
     param_space = to_ray_space({k: v for k, v in study.space.items() if k not in study.fixed}, grid)
     searcher = (
@@ -247,21 +287,7 @@ def run_study(cfg: SweepConfig, study: StudySpec, tracker: Any, board: Any) -> d
             max_epochs=cfg.tune.max_epochs,
         )
     )
-    spec = TrialSpec(
-        task=study.task,
-        method=study.method,
-        hp=dict(study.fixed),
-        backbone=cfg.backbone,
-        pretrained=cfg.train.pretrained,
-        stage="tune",
-        epochs=cfg.tune.max_epochs,
-        batch_size=cfg.train.batch_size,
-        warmup_epochs=cfg.train.warmup_epochs,
-        label_smoothing=cfg.train.label_smoothing,
-        seed=cfg.seed,
-        data_root=str(Path(cfg.data_root).resolve()),
-        threads=max(1, math.floor(cfg.resources.cpus_per_trial)),
-    ).to_dict()
+    spec = trial_spec(cfg, study.task, study.method, dict(study.fixed), "tune", cfg.seed).to_dict()
     trainable = tune.with_resources(
         tune.with_parameters(tune_trainable, spec=spec, checkpoint_every=cfg.tune.checkpoint_every),
         {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial},
@@ -286,7 +312,11 @@ def run_study(cfg: SweepConfig, study: StudySpec, tracker: Any, board: Any) -> d
         run_config=tune.RunConfig(
             name=f"{cfg.name}__{study.dirname}",
             storage_path=storage_path(cfg),
-            callbacks=[MLflowTrialCallback(tracker, study, tags, cfg.tune.max_epochs, board)],
+            callbacks=[
+                MLflowTrialCallback(
+                    tracker, study, tags, cfg.tune.max_epochs, board, devices_per_trial(cfg)
+                )
+            ],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=1),
             verbose=0,
@@ -317,6 +347,7 @@ def run_study(cfg: SweepConfig, study: StudySpec, tracker: Any, board: Any) -> d
         "best": best,
         "wall_s": time.time() - started,
         "optuna_states": searcher.trial_states() if searcher else {},
+        "study_hash": study.hash,
     }
     counts = {
         o: sum(t["outcome"] == o for t in trials)
@@ -339,6 +370,7 @@ def run_study(cfg: SweepConfig, study: StudySpec, tracker: Any, board: Any) -> d
     }
     if best:
         ray.get(tracker.log_params.remote(study.key, {"best": best["config"]}))
+    ray.get(tracker.log_dict.remote(study.key, summary, "summary.json"))
     ray.get(tracker.end_run.remote(study.key, "FINISHED" if best else "FAILED", end_tags))
     board.update.remote(study.key, status="final" if best else "no result")
     return summary
@@ -347,20 +379,8 @@ def run_study(cfg: SweepConfig, study: StudySpec, tracker: Any, board: Any) -> d
 def run_final(cfg: SweepConfig, study: dict[str, Any], seed_index: int) -> dict[str, Any]:
     """Retrain the study's best config on train800val200 and report test accuracy."""
     best = study["best"]
-    spec = TrialSpec(
-        task=study["task"],
-        method=study["method"],
-        hp=best["config"],
-        backbone=cfg.backbone,
-        pretrained=cfg.train.pretrained,
-        stage="final",
-        epochs=cfg.final_epochs,
-        batch_size=cfg.train.batch_size,
-        warmup_epochs=cfg.train.warmup_epochs,
-        label_smoothing=cfg.train.label_smoothing,
-        seed=cfg.seed + 1000 + seed_index,
-        data_root=str(Path(cfg.data_root).resolve()),
-        threads=max(1, math.floor(cfg.resources.cpus_per_trial)),
+    spec = trial_spec(
+        cfg, study["task"], study["method"], best["config"], "final", cfg.seed + 1000 + seed_index
     )
     started = time.time()
     result = train_one(spec)
@@ -407,24 +427,90 @@ def concurrent_studies(cfg: SweepConfig) -> int:
     return max(1, math.ceil(slots / cfg.tune.max_concurrent_trials)) + 1
 
 
-def prepare_data(cfg: SweepConfig) -> None:
-    """Write missing synthetic tasks and decode every task once, before trials race for it."""
+def prepare_data(cfg: SweepConfig) -> dict[str, dict[str, Any]]:
+    """Write missing synthetic tasks and decode every task once, before trials race for it.
+
+    Returns each task's dataset record (name, digest of its split files, split sizes).
+    """
     from tuner.backbones import create_backbone, data_config
     from tuner.data import load_task
+    from tuner.data.tasks import task_dir
 
     size = data_config(create_backbone(cfg.backbone, 2, pretrained=False))["input_size"][-1]
+    records = {}
     for task in cfg.tasks:
-        load_task(task, Path(cfg.data_root), size, synth_seed=0)
+        data = load_task(task, Path(cfg.data_root), size, synth_seed=0)
+        folder = task_dir(task, Path(cfg.data_root))
+        digest = hashlib.sha256()
+        for split in ("train800", "val200", "train800val200", "test"):
+            digest.update((folder / f"{split}.txt").read_bytes())
+        records[task] = {
+            "name": task,
+            "digest": digest.hexdigest()[:16],
+            "source": str(folder.resolve()),
+            "splits": {
+                "train800": len(data.train[1]),
+                "val200": len(data.val[1]),
+                "train800val200": len(data.trainval[1]),
+                "test": len(data.test[1]),
+            },
+            "image_size": size,
+        }
+    return records
+
+
+def study_hash(cfg: SweepConfig, study: StudySpec) -> str:
+    """Everything that determines a study's outcome; equal hash = reusable result."""
+    content = {
+        "task": study.task,
+        "method": study.method,
+        "dataset": study.dataset.get("digest"),
+        "backbone": cfg.backbone,
+        "seed": cfg.seed,
+        "study_seed": study.seed,
+        "tune": cfg.tune.model_dump(),
+        "train": cfg.train.model_dump(),
+        "space": cfg.search.space,
+        "domains": {k: [d.kind, list(d.args)] for k, d in sorted(study.space.items())},
+        "fixed": study.fixed,
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[
+        :20
+    ]
+
+
+def final_hash(cfg: SweepConfig, summary: dict[str, Any], seed_index: int) -> str:
+    content = [summary["study_hash"], summary["best"]["config"], cfg.final_epochs, seed_index]
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[
+        :20
+    ]
+
+
+def finished_study(tracker: Any, study: StudySpec) -> dict[str, Any] | None:
+    """The summary of an identical study already finished in MLflow, if any."""
+    runs = ray.get(tracker.find.remote({"study_hash": study.hash, "stage": "tune"}))
+    parents = [r for r in runs if "mlflow.parentRunId" not in r["tags"]]
+    if not parents:
+        ray.get(tracker.mark_stale.remote({"study_hash": study.hash}))
+        return None
+    return ray.get(tracker.load_dict.remote(parents[0]["run_id"], "summary.json"))
 
 
 def run_sweep(
     cfg: SweepConfig, on_tick: Callable[[dict[str, Any]], None] | None = None
 ) -> dict[str, Any]:
-    """Run every study and its final retrains; returns study summaries and final results."""
+    """Run every study and its final retrains; returns study summaries and final results.
+
+    Resumable: a study or final run whose content hash already finished in MLflow is not
+    run again, so a crashed sweep restarts where it stopped.
+    """
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
-    prepare_data(cfg)
+    datasets = prepare_data(cfg)
     _init_ray(cfg)
     studies = plan(cfg)
+    for study in studies:
+        study.dataset = datasets[study.task]
+        study.hash = study_hash(cfg, study)
     tracker = ray.remote(num_cpus=0)(TrackingService).remote(
         tracking_uri(cfg), cfg.experiment, artifact_root(cfg)
     )
@@ -435,11 +521,40 @@ def run_sweep(
     final_task = ray.remote(max_retries=1)(run_final).options(
         num_cpus=cfg.resources.cpus_per_trial, num_gpus=cfg.resources.gpus_per_trial
     )
-    queue, running, finals = list(studies), {}, {}
+    running: dict[Any, StudySpec] = {}
+    finals: dict[Any, tuple[str, str]] = {}
     summaries: dict[str, dict[str, Any]] = {}
     final_results: list[dict[str, Any]] = []
+    reused = {"studies": 0, "finals": 0}
     limit = concurrent_studies(cfg)
     started = time.time()
+
+    def study_done(summary: dict[str, Any], cached: bool) -> None:
+        summaries[summary["study"]] = summary
+        if not summary["best"]:
+            board.update.remote(summary["study"], status="no result")
+            return
+        for i in range(cfg.final.seeds):
+            key = final_hash(cfg, summary, i)
+            if ray.get(tracker.find.remote({"final_hash": key})):
+                reused["finals"] += 1
+                continue
+            finals[final_task.remote(cfg, summary, i)] = (summary["study"], key)
+        pending = any(study == summary["study"] for study, _ in finals.values())
+        if cached and summary["best"]:
+            board.trial_result.remote(summary["study"], summary["best"]["val_acc"])
+        board.update.remote(
+            summary["study"], status=("cached" if cached else "final") if pending else "done"
+        )
+
+    queue = []
+    for study in studies:
+        cached = finished_study(tracker, study)
+        if cached is None:
+            queue.append(study)
+        else:
+            reused["studies"] += 1
+            study_done(cached, cached=True)
     while queue or running or finals:
         while queue and len(running) < limit:
             study = queue.pop(0)
@@ -448,38 +563,34 @@ def run_sweep(
         for ref in ready:
             if ref in running:
                 running.pop(ref)
-                summary = ray.get(ref)
-                summaries[summary["study"]] = summary
-                if summary["best"]:
-                    for i in range(cfg.final.seeds):
-                        finals[final_task.remote(cfg, summary, i)] = summary["study"]
-            else:
-                study_key = finals.pop(ref)
-                result = ray.get(ref)
-                _log_final(cfg, tracker, result)
-                final_results.append(result)
-                seeds = [r["test/acc"] for r in final_results if r["study"] == study_key]
-                board.update.remote(
-                    study_key,
-                    final=sum(seeds) / len(seeds),
-                    status="done" if len(seeds) == cfg.final.seeds else "final",
-                )
+                study_done(ray.get(ref), cached=False)
+                continue
+            study_key, key = finals.pop(ref)
+            result = ray.get(ref)
+            result["final_hash"] = key
+            _log_final(cfg, tracker, result, datasets[result["spec"]["task"]])
+            final_results.append(result)
+            seeds = [r["test/acc"] for r in final_results if r["study"] == study_key]
+            left = any(study == study_key for study, _ in finals.values())
+            board.update.remote(
+                study_key, final=sum(seeds) / len(seeds), status="final" if left else "done"
+            )
         if on_tick is not None:
             on_tick(ray.get(board.snapshot.remote()))
-    for key, summary in summaries.items():
-        if not summary["best"]:
-            board.update.remote(key, status="no result")
     if on_tick is not None:
         on_tick(ray.get(board.snapshot.remote()))
     return {
         "studies": summaries,
         "finals": final_results,
+        "reused": reused,
         "tracker": tracker,
         "wall_s": time.time() - started,
     }
 
 
-def _log_final(cfg: SweepConfig, tracker: Any, result: dict[str, Any]) -> None:
+def _log_final(
+    cfg: SweepConfig, tracker: Any, result: dict[str, Any], dataset: dict[str, Any]
+) -> None:
     """A final run: params, per-epoch training metrics, test/acc once, and artifacts."""
     spec = result["spec"]
     key = f"final/{result['study']}/{result['seed_index']}"
@@ -493,6 +604,7 @@ def _log_final(cfg: SweepConfig, tracker: Any, result: dict[str, Any]) -> None:
         "seed": spec["seed"],
         "device": result["environment"]["device"],
         "git_sha": result["environment"]["git_sha"],
+        "final_hash": result["final_hash"],
     }
     name = f"final {result['study']} seed{result['seed_index']}"
     ray.get(
@@ -508,6 +620,7 @@ def _log_final(cfg: SweepConfig, tracker: Any, result: dict[str, Any]) -> None:
             },
         )
     )
+    tracker.log_dataset.remote(key, dataset, "final")
     for epoch in result["history"]:
         step = int(epoch["epoch"])
         logged = {k: v for k, v in epoch.items() if k in LOGGED and k != "test/acc"}
@@ -520,6 +633,7 @@ def _log_final(cfg: SweepConfig, tracker: Any, result: dict[str, Any]) -> None:
             "trainable_params_without_head": result["trainable_params_without_head"],
             "wall_s": result["wall_s"],
             "peak_memory_mb": result["peak_memory_mb"],
+            "device_hours": result["wall_s"] * devices_per_trial(cfg) / 3600,
         },
         int(spec["epochs"]),
     )
@@ -543,23 +657,3 @@ def _log_final(cfg: SweepConfig, tracker: Any, result: dict[str, Any]) -> None:
     tracker.log_dict.remote(key, {k: v for k, v in spec.items()}, "config.json")
     tracker.log_dict.remote(key, result["environment"], "environment.json")
     ray.get(tracker.end_run.remote(key, "FINISHED", {"outcome": "completed"}))
-
-
-def log_leaderboard(
-    cfg: SweepConfig, tracker: Any, paths: dict[str, Path], means: dict[str, dict[str, float]]
-) -> str:
-    """A ``leaderboard`` run holding the tables as artifacts and the means as metrics."""
-    key = "leaderboard"
-    run_id = ray.get(
-        tracker.start_run.remote(
-            key,
-            "leaderboard",
-            {"stage": "leaderboard", "sweep": cfg.name, "backbone": cfg.backbone},
-        )
-    )
-    for path in paths.values():
-        ray.get(tracker.log_artifact.remote(key, path, "leaderboard"))
-    for method, values in means.items():
-        tracker.log_metrics.remote(key, {f"{method}/{k}": v for k, v in values.items()}, 0)
-    ray.get(tracker.end_run.remote(key, "FINISHED"))
-    return run_id

@@ -13,6 +13,7 @@ plain file store unless told otherwise), with artifacts beside it.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,6 +24,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 _MAX_PARAMS_PER_BATCH = 100
+# Artifact downloads (leaderboard rebuilds) should not draw progress bars into sweep logs.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def default_tracking_uri(out_dir: Path) -> str:
@@ -49,10 +52,18 @@ def _now_ms() -> int:
 class TrackingService:
     """A thin, stateful MLflow client for one sweep (one experiment)."""
 
-    def __init__(self, tracking_uri: str, experiment: str, artifact_root: str | None = None):
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment: str,
+        artifact_root: str | None = None,
+        create: bool = True,
+    ):
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.tracking_uri = tracking_uri
         found = self.client.get_experiment_by_name(experiment)
+        if found is None and not create:
+            raise ValueError(f"no MLflow experiment {experiment!r} at {tracking_uri}")
         if found is None:
             self.experiment_id = self.client.create_experiment(
                 experiment, artifact_location=artifact_root
@@ -120,6 +131,22 @@ class TrackingService:
             path.write_bytes(data)
             self.client.log_artifact(self.runs[key], str(path), artifact_path)
 
+    def log_dataset(self, key: str, record: Mapping[str, Any], context: str) -> None:
+        """The task data as an MLflow dataset input (name, digest, split sizes)."""
+        import json
+
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        dataset = Dataset(
+            name=str(record["name"]),
+            digest=str(record["digest"]),
+            source_type="local",
+            source=json.dumps({"uri": record.get("source", "")}),
+            profile=json.dumps(record.get("splits", {})),
+        )
+        tag = InputTag(key="mlflow.data.context", value=context)
+        self.client.log_inputs(self.runs[key], [DatasetInput(dataset, tags=[tag])])
+
     def log_dict(self, key: str, data: Mapping[str, Any], filename: str) -> None:
         self.client.log_dict(self.runs[key], dict(data), filename)
 
@@ -147,6 +174,43 @@ class TrackingService:
             token = page.token
             if not token:
                 return rows
+
+    def find(
+        self, tags: Mapping[str, str], status: str | None = "FINISHED"
+    ) -> list[dict[str, Any]]:
+        """Runs whose tags all match (and, by default, that finished), newest first."""
+        clauses = [f"tags.`{k}` = '{v}'" for k, v in tags.items()]
+        if status:
+            clauses.append(f"attributes.status = '{status}'")
+        return self.search(" and ".join(clauses))
+
+    def download(self, run_id: str, artifact_path: str, dst: Path) -> Path:
+        """Fetch one artifact of a run into ``dst`` (works for local and server stores)."""
+        from mlflow.artifacts import download_artifacts
+
+        dst.mkdir(parents=True, exist_ok=True)
+        return Path(
+            download_artifacts(
+                run_id=run_id,
+                artifact_path=artifact_path,
+                dst_path=str(dst),
+                tracking_uri=self.tracking_uri,
+            )
+        )
+
+    def load_dict(self, run_id: str, artifact_path: str) -> dict[str, Any]:
+        import json
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            return json.loads(self.download(run_id, artifact_path, Path(tmp)).read_text())
+
+    def mark_stale(self, tags: Mapping[str, str]) -> int:
+        """End RUNNING runs with these tags (left by a crashed sweep) as KILLED."""
+        stale = self.find(tags, status="RUNNING")
+        for run in stale:
+            self.client.set_terminated(run["run_id"], status="KILLED")
+        return len(stale)
 
     def metric_history(self, run_id: str, name: str) -> list[tuple[int, float]]:
         return [(m.step, m.value) for m in self.client.get_metric_history(run_id, name)]
