@@ -143,3 +143,19 @@ def test_html_renders_in_headless_chromium(board, tmp_path):
     assert image.shape == (900, 1400)
     # the table's dark text and borders: a rendered page is not a blank canvas
     assert (image < 128).mean() > 0.005
+
+
+def test_cli_rebuilds_from_any_tracking_uri(board, tmp_path):
+    from typer.testing import CliRunner
+
+    from tuner.cli import app
+
+    uri, _, _ = board
+    out = tmp_path / "cli"
+    result = CliRunner().invoke(app, ["leaderboard", "--experiment", "planted",
+                                      "--tracking-uri", uri, "--out", str(out), "--no-log"])
+    assert result.exit_code == 0, result.output
+    assert "**90.0**" in result.output and (out / "leaderboard.html").exists()
+    missing = CliRunner().invoke(app, ["leaderboard", "--experiment", "nope",
+                                       "--tracking-uri", uri, "--out", str(out)])
+    assert missing.exit_code == 2 and "no MLflow experiment 'nope'" in missing.output

@@ -22,7 +22,9 @@ import pandas as pd
 def heatmap_png(summary: pd.DataFrame, path: Path) -> Path:
     """Methods × tasks test accuracy as a heatmap."""
     grid = summary.pivot_table(index="method", columns="task", values="test_acc", sort=False)
-    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * grid.shape[1], 0.9 + 0.45 * grid.shape[0]))
+    fig, ax = plt.subplots(
+        figsize=(max(5.0, 1.2 + 1.1 * grid.shape[1]), 1.2 + 0.45 * grid.shape[0])
+    )
     image = ax.imshow(100 * grid.to_numpy(), cmap="viridis", aspect="auto")
     ax.set_xticks(range(grid.shape[1]), grid.columns, rotation=30, ha="right")
     ax.set_yticks(range(grid.shape[0]), grid.index)

@@ -1,0 +1,41 @@
+"""The command line: clear errors (exit 2) and the data command writing the VTAB layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from tuner.cli import app
+
+runner = CliRunner()
+
+
+def test_run_with_a_bad_config_names_field_and_valid_values(tmp_path: Path):
+    config = tmp_path / "sweep.yaml"
+    config.write_text("name: x\ntasks: [synth/count]\nmethods: [lorra]\n")
+    result = runner.invoke(app, ["run", str(config)])
+    assert result.exit_code == 2
+    assert "methods" in result.output and "'lorra'" in result.output and "lora" in result.output
+
+
+def test_run_rejects_a_wrong_type_override(tmp_path: Path):
+    result = runner.invoke(app, ["run", "--set", "tune.max_epochs=lots"])
+    assert result.exit_code == 2 and "tune.max_epochs" in result.output
+
+
+def test_run_with_a_missing_config_file(tmp_path: Path):
+    result = runner.invoke(app, ["run", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 2 and "no such sweep config" in result.output
+
+
+def test_data_synth_writes_the_vtab_layout(tmp_path: Path):
+    result = runner.invoke(app, ["data", "synth", "--out", str(tmp_path), "--task", "count"])
+    assert result.exit_code == 0, result.output
+    task = tmp_path / "count"
+    for split, lines in (("train800", 800), ("val200", 200), ("train800val200", 1000)):
+        assert len((task / f"{split}.txt").read_text().splitlines()) == lines
+    first = (task / "test.txt").read_text().splitlines()[0].rsplit(" ", 1)
+    assert (task / first[0]).exists() and first[1].isdigit()
+    bad = runner.invoke(app, ["data", "synth", "--out", str(tmp_path), "--task", "nope"])
+    assert bad.exit_code == 2 and "count" in bad.output
