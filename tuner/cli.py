@@ -113,7 +113,7 @@ def params(
     try:
         info = count_params(method, backbone, num_classes, overrides)
     except (KeyError, ValueError) as err:
-        _fail(str(err).strip("'\""))
+        _fail(str(err.args[0]) if err.args else str(err))
     if as_json:
         print(json.dumps(info))
         return

@@ -49,7 +49,20 @@ def get(name: str, **hp: Any) -> Method:
 
 
 # Importing the modules registers them; order here is the order `petl-sweep methods` prints.
-from tuner.methods import linear, full, bitfit, lora, vpt  # noqa: E402, F401, I001
+from tuner.methods import (  # noqa: E402, F401, I001
+    linear,
+    full,
+    bitfit,
+    layernorm,
+    difffit,
+    ssf,
+    vpt,
+    lora,
+    adapter,
+    convpass,
+    repadapter,
+    fact,
+)
 
 __all__ = [
     "COMMON_HPARAMS",

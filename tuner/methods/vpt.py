@@ -114,3 +114,18 @@ class VPTDeep(Method):
     def trainable_parameters(self, model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
         yield "petl_prompts.prompts", model.petl_prompts.prompts  # type: ignore[union-attr]
         yield from head_parameters(model)
+
+
+@register
+class VPTShallow(VPTDeep):
+    name = "vpt_shallow"
+    description = "VPT-shallow: learnable prompt tokens at the input of the first block only."
+    hparams = {
+        "prompt_length": HParam(10, "prompt tokens at the input"),
+        "prompt_dropout": HParam(0.1, "dropout on the prompt tokens"),
+    }
+
+    def inject(self, model: nn.Module) -> None:
+        inject_prompts(
+            model, int(self.hp["prompt_length"]), float(self.hp["prompt_dropout"]), deep=False
+        )

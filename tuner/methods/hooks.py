@@ -1,0 +1,84 @@
+"""One injection mechanism for every branch added beside or after a timm module.
+
+Adapters differ in *what* they compute and *where* they attach, not in how they attach:
+
+* ``sequential`` — after module M: ``y = M(x); y ← y + branch(y)`` (Houlsby, Pfeiffer);
+* ``parallel``   — beside module M: ``y = M(x) + branch(x)`` (AdaptFormer, Convpass);
+* ``before``     — before module M: ``x ← x + branch(x); y = M(x)`` (RepAdapter).
+
+Branch modules live in one ``ModuleDict`` added to the model (``model.petl_branches``), so
+``state_dict``, ``.to()`` and the optimiser see them; hooks are registered on the timm
+modules, whose code is never touched. Each branch is ``MergeScaled``: its output is
+multiplied by α (0 = the pretrained backbone).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from tuner.methods.base import MergeScaled
+
+Placement = Literal["sequential", "parallel", "before"]
+CONTAINER = "petl_branches"
+
+
+def branch_container(model: nn.Module) -> nn.ModuleDict:
+    """The model's ``ModuleDict`` of added branches (created on first use)."""
+    if not hasattr(model, CONTAINER):
+        model.add_module(CONTAINER, nn.ModuleDict())
+    return getattr(model, CONTAINER)
+
+
+def attach(
+    model: nn.Module, path: str, branch: MergeScaled, placement: Placement
+) -> torch.utils.hooks.RemovableHandle:
+    """Register ``branch`` at the module ``path`` (e.g. ``blocks.3.mlp``) of ``model``.
+
+    The hook's handle is returned and kept on the branch (``branch.hook_handle``) so a
+    ``merge`` can remove exactly this hook.
+    """
+    target = model.get_submodule(path)
+    branch_container(model)[path.replace(".", "_")] = branch
+
+    if placement == "before":
+
+        def pre_hook(_m: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+            x = args[0]
+            return (x + branch(x), *args[1:])
+
+        branch.hook_handle = target.register_forward_pre_hook(pre_hook)
+        return branch.hook_handle
+
+    def hook(_m: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> torch.Tensor:
+        source = out if placement == "sequential" else args[0]
+        return out + branch(source)
+
+    branch.hook_handle = target.register_forward_hook(hook)
+    return branch.hook_handle
+
+
+class Bottleneck(MergeScaled):
+    """``scale · α · up(act(down(x)))``; ``up`` starts at zero so the branch starts silent."""
+
+    def __init__(self, dim: int, bottleneck: int, scale: float, act: type[nn.Module] = nn.GELU):
+        super().__init__()
+        self.down = nn.Linear(dim, bottleneck)
+        self.act = act()
+        self.up = nn.Linear(bottleneck, dim)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+        self.scale = float(scale)
+        self.init_merge_factor()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.merge_factor * self.scale * self.up(self.act(self.down(x)))
+
+
+def branch_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """Every parameter of the added branches, with its name in the model."""
+    if not hasattr(model, CONTAINER):
+        return []
+    return [(f"{CONTAINER}.{n}", p) for n, p in getattr(model, CONTAINER).named_parameters()]

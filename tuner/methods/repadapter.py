@@ -1,0 +1,99 @@
+"""RepAdapter: linear adapters before attention and MLP, folded away after training.
+
+Luo et al. (2023) place ``x ← x + s · up(down(x))`` (no nonlinearity; ``up`` group-wise
+with 2 groups and zero-initialised) before the attention and before the MLP. The adapter
+is affine, so it merges into the next linear layer (``qkv`` / ``fc1``):
+``W(Mx + c) + b = (WM)x + (Wc + b)`` with ``M = I + sUD`` and ``c = s(U b_d + b_u)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from tuner.methods import register
+from tuner.methods.base import HParam, MergeScaled, Method, head_parameters
+from tuner.methods.hooks import CONTAINER, attach, branch_parameters
+
+GROUPS = 2
+
+
+class LinearAdapter(MergeScaled):
+    def __init__(self, dim: int, bottleneck: int, scale: float) -> None:
+        super().__init__()
+        self.down = nn.Linear(dim, bottleneck)
+        self.up = nn.Conv1d(bottleneck, dim, 1, groups=GROUPS)
+        nn.init.xavier_uniform_(self.down.weight)
+        nn.init.zeros_(self.down.bias)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+        self.scale = float(scale)
+        self.init_merge_factor()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.up(self.down(x).transpose(-1, -2)).transpose(-1, -2)
+        return self.merge_factor * self.scale * h
+
+    def affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(M, c) with adapter(x) + x = M x + c, as dense matrices."""
+        dim, r = self.up.out_channels, self.down.out_features
+        up = torch.zeros(dim, r, device=self.down.weight.device)
+        per_out, per_in = dim // GROUPS, r // GROUPS
+        for g in range(GROUPS):
+            rows, cols = slice(g * per_out, (g + 1) * per_out), slice(g * per_in, (g + 1) * per_in)
+            up[rows, cols] = self.up.weight[rows, :, 0]
+        s = self.merge_factor * self.scale
+        m = torch.eye(dim, device=up.device) + s * up @ self.down.weight
+        c = s * (up @ self.down.bias + self.up.bias)
+        return m, c
+
+
+@register
+class RepAdapter(Method):
+    name = "repadapter"
+    description = "RepAdapter: linear group-wise adapters before attention and MLP, mergeable."
+    paper = "Luo et al., Towards Efficient Visual Adaption via Structural Re-parameterization, 2023"
+    hparams = {
+        "bottleneck": HParam(8, "adapter hidden width r (even: 2 groups)"),
+        "scale": HParam(1.0, "scale s of the adapter"),
+    }
+    reparameterisable = True
+
+    def validate(self) -> None:
+        r = int(self.hp["bottleneck"])
+        if r < GROUPS or r % GROUPS:
+            raise ValueError(f"repadapter: bottleneck must be a multiple of {GROUPS}, got {r}")
+
+    def inject(self, model: nn.Module) -> None:
+        for i, _ in enumerate(model.blocks):  # type: ignore[arg-type]
+            for site in ("attn", "mlp"):
+                branch = LinearAdapter(
+                    model.embed_dim,
+                    int(self.hp["bottleneck"]),
+                    float(self.hp["scale"]),  # type: ignore[arg-type]
+                )
+                attach(model, f"blocks.{i}.{site}", branch, "before")
+
+    def trainable_parameters(self, model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
+        yield from branch_parameters(model)
+        yield from head_parameters(model)
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        container = getattr(model, CONTAINER)
+        for i, block in enumerate(model.blocks):  # type: ignore[arg-type]
+            for site, layer in (("attn", block.attn.qkv), ("mlp", block.mlp.fc1)):
+                branch = container[f"blocks_{i}_{site}"]
+                m, c = branch.affine()
+                with torch.no_grad():
+                    bias = layer.bias if layer.bias is not None else torch.zeros(layer.out_features)
+                    new_bias = layer.weight @ c + bias
+                    layer.weight.copy_(layer.weight @ m)
+                    if layer.bias is None:
+                        layer.bias = nn.Parameter(new_bias)
+                    else:
+                        layer.bias.copy_(new_bias)
+                branch.hook_handle.remove()
+        delattr(model, CONTAINER)
+        return model

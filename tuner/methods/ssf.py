@@ -1,0 +1,103 @@
+"""SSF: scale and shift the features after each operation (Lian et al., NeurIPS 2022).
+
+A per-channel ``y ← γ ⊙ y + β`` after qkv, proj, fc1, fc2, both norms of every block, the
+patch embedding and the final norm. Following the paper's code, γ ~ N(1, 0.02) and
+β ~ N(0, 0.02), so the model is *not* exactly the pretrained one at initialisation. Every
+site follows a linear map (or LayerNorm / the patch conv), so ``merge`` folds γ, β into
+its weight and bias: zero inference overhead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from tuner.methods import register
+from tuner.methods.base import MergeScaled, Method, head_parameters
+from tuner.methods.hooks import branch_container
+
+BLOCK_SITES = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "norm1", "norm2")
+
+
+class ScaleShift(MergeScaled):
+    """γ, β over the last dimension, interpolated by α as 1 + α(γ − 1) and αβ."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.empty(dim).normal_(1.0, 0.02))
+        self.beta = nn.Parameter(torch.empty(dim).normal_(0.0, 0.02))
+        self.init_merge_factor()
+        self.handle: torch.utils.hooks.RemovableHandle | None = None
+
+    def effective(self) -> tuple[torch.Tensor, torch.Tensor]:
+        a = self.merge_factor
+        return 1 + a * (self.gamma - 1), a * self.beta
+
+    def hook(self, _m: nn.Module, _args: object, out: torch.Tensor) -> torch.Tensor:
+        gamma, beta = self.effective()
+        return out * gamma + beta
+
+
+def _sites(model: nn.Module) -> list[str]:
+    """Patch embedding, the model's final LayerNorms (``norm``/``fc_norm`` where real) and
+    the six per-block sites."""
+    sites = ["patch_embed"]
+    sites += [n for n in ("norm", "fc_norm") if isinstance(getattr(model, n, None), nn.LayerNorm)]
+    for i, _ in enumerate(model.blocks):  # type: ignore[arg-type]
+        sites += [f"blocks.{i}.{s}" for s in BLOCK_SITES]
+    return sites
+
+
+def _out_features(module: nn.Module) -> int:
+    if isinstance(module, nn.Linear):
+        return module.out_features
+    if isinstance(module, nn.LayerNorm):
+        return int(module.normalized_shape[0])
+    return int(module.proj.out_channels)  # timm PatchEmbed
+
+
+def _fold(module: nn.Module, gamma: torch.Tensor, beta: torch.Tensor) -> None:
+    """Make ``module`` compute γ ⊙ module(x) + β by itself."""
+    target = (
+        module.proj if hasattr(module, "proj") and not isinstance(module, nn.Linear) else module
+    )
+    with torch.no_grad():
+        shape = (-1,) + (1,) * (target.weight.ndim - 1)
+        target.weight.mul_(gamma.view(shape))
+        if target.bias is None:
+            target.bias = nn.Parameter(torch.zeros_like(gamma))
+        target.bias.mul_(gamma).add_(beta)
+
+
+@register
+class SSF(Method):
+    name = "ssf"
+    description = "SSF: learnable per-channel scale and shift after every operation."
+    paper = "Lian et al., Scaling & Shifting Your Features, NeurIPS 2022"
+    reparameterisable = True
+    preserves_init = False  # γ ~ N(1, 0.02), β ~ N(0, 0.02) as in the paper's code
+
+    def inject(self, model: nn.Module) -> None:
+        container = branch_container(model)
+        for path in _sites(model):
+            module = model.get_submodule(path)
+            site = ScaleShift(_out_features(module))
+            container[path.replace(".", "_")] = site
+            site.handle = module.register_forward_hook(site.hook)
+
+    def trainable_parameters(self, model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
+        for name, param in model.petl_branches.named_parameters():  # type: ignore[union-attr]
+            yield f"petl_branches.{name}", param
+        yield from head_parameters(model)
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        container = model.petl_branches  # type: ignore[union-attr]
+        for path in _sites(model):
+            site = container[path.replace(".", "_")]
+            gamma, beta = site.effective()
+            _fold(model.get_submodule(path), gamma.detach(), beta.detach())
+            site.handle.remove()
+        del model.petl_branches
+        return model
