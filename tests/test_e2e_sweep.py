@@ -22,6 +22,7 @@ from tuner.tracking import TrackingService
 TASKS = ["synth/dsprites_loc", "synth/textures"]
 METHODS = ["linear", "lora"]
 SAMPLES = 6
+SEEDS = 2
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,8 @@ def sweep(tmp_path_factory):
                 "reduction_factor": 2,
                 "max_concurrent_trials": 2,
             },
-            "ray": {"num_cpus": 2},
+            "final": {"seeds": SEEDS},
+        "ray": {"num_cpus": 2},
         }
     )
     with open(root / "console.txt", "w") as log:
@@ -98,8 +100,9 @@ def test_leaderboard_has_a_finite_test_accuracy_per_task_and_method(sweep):
     text = Path(result["paths"]["markdown"]).read_text()
     assert "mean (flat)" in text and "mean (group)" in text and "lora" in text
     finals = [r for r in runs if r["tags"].get("stage") == "final"]
-    assert len(finals) == len(TASKS) * len(METHODS)
+    assert len(finals) == len(TASKS) * len(METHODS) * SEEDS
     assert all("test/acc" in r["metrics"] for r in finals)
+    assert (summary["seeds"] == SEEDS).all() and len({r["tags"]["seed"] for r in finals}) == SEEDS
     board = [r for r in runs if r["tags"].get("stage") == "leaderboard"]
     assert len(board) == 1 and "lora/mean_flat" in board[0]["metrics"]
 
@@ -136,8 +139,10 @@ def test_rerun_reuses_finished_studies_and_finals(sweep):
     with open(Path(cfg.out_dir) / "rerun.txt", "w") as log:
         again = run_pipeline(cfg, Console(file=log, width=200), live=False)
     ray.shutdown()
-    assert again["reused"] == {"studies": len(TASKS) * len(METHODS),
-                               "finals": len(TASKS) * len(METHODS)}
+    assert again["reused"] == {
+        "studies": len(TASKS) * len(METHODS),
+        "finals": len(TASKS) * len(METHODS) * SEEDS,
+    }
     assert again["finals"] == []
     after = TrackingService(tracking_uri(cfg), cfg.experiment).search()
     # nothing re-ran: only one more leaderboard run was added

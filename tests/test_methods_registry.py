@@ -196,7 +196,9 @@ def test_merge_factor_zero_is_the_pretrained_backbone(tiny_backbone, name):
     added = {id(p) for m in model.modules() if isinstance(m, MergeScaled) for p in m.parameters()}
     head = {id(p) for _, p in head_parameters(model)}
     tuned = {id(p) for _, p in method.trainable_parameters(model)} - head
-    if not added or not tuned <= added:
+    if not added:
+        pytest.skip(f"{name} adds no branch to scale")
+    if not tuned <= added:
         pytest.skip(f"{name} tunes backbone tensors in place: α interpolation is WiSE-FT's job")
     _train_steps(model, method, 3)
     reference = tiny_backbone(NUM_CLASSES)

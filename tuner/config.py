@@ -63,7 +63,7 @@ class TrainSettings(_Strict):
 
 
 class FinalSettings(_Strict):
-    seeds: int = Field(1, ge=1, description="retrains of the best config on train+val")
+    seeds: int = Field(3, ge=1, description="retrains of the best config on train+val")
     epochs: int | None = Field(None, ge=1, description="default: tune.max_epochs")
 
 
