@@ -20,14 +20,26 @@ from tuner.train import TrialSpec, train_one
 
 
 def run(device: str, root: Path, method: str) -> dict:
-    spec = TrialSpec(task="synth/dsprites_loc", method=method, hp={"lr": 3e-3}, epochs=3,
-                     stage="final", data_root=str(root), threads=2)
+    spec = TrialSpec(
+        task="synth/dsprites_loc",
+        method=method,
+        hp={"lr": 3e-3},
+        epochs=3,
+        stage="final",
+        data_root=str(root),
+        threads=2,
+    )
     with mock.patch("tuner.train.pick_device", return_value=torch.device(device)):
         start = time.perf_counter()
         result = train_one(spec)
-    return {"device": device, "method": method, "wall_s": round(time.perf_counter() - start, 2),
-            "epoch_time_s": [round(h["epoch_time_s"], 3) for h in result["history"]],
-            "test_acc": result["test/acc"], "peak_memory_mb": round(result["peak_memory_mb"], 1)}
+    return {
+        "device": device,
+        "method": method,
+        "wall_s": round(time.perf_counter() - start, 2),
+        "epoch_time_s": [round(h["epoch_time_s"], 3) for h in result["history"]],
+        "test_acc": result["test/acc"],
+        "peak_memory_mb": round(result["peak_memory_mb"], 1),
+    }
 
 
 def main() -> None:
@@ -40,8 +52,10 @@ def main() -> None:
         gpu, cpu = run("cuda", root, method), run("cpu", root, method)
         print(json.dumps(gpu))
         print(json.dumps(cpu))
-        print(f"{method}: cpu/gpu epoch-time ratio "
-              f"{sum(cpu['epoch_time_s']) / sum(gpu['epoch_time_s']):.1f}x")
+        print(
+            f"{method}: cpu/gpu epoch-time ratio "
+            f"{sum(cpu['epoch_time_s']) / sum(gpu['epoch_time_s']):.1f}x"
+        )
 
 
 if __name__ == "__main__":

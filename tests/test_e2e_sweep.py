@@ -44,7 +44,7 @@ def sweep(tmp_path_factory):
                 "max_concurrent_trials": 2,
             },
             "final": {"seeds": SEEDS},
-        "ray": {"num_cpus": 2},
+            "ray": {"num_cpus": 2},
         }
     )
     with open(root / "console.txt", "w") as log:

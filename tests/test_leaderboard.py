@@ -19,8 +19,7 @@ N = 200
 #: method → task → correct examples out of N (planted)
 PLANTED = {
     "lora": {"synth/objects": 180, "synth/scenes": 140, "synth/textures": 100, "synth/count": 60},
-    "bitfit": {"synth/objects": 178, "synth/scenes": 100, "synth/textures": 100,
-               "synth/count": 60},
+    "bitfit": {"synth/objects": 178, "synth/scenes": 100, "synth/textures": 100, "synth/count": 60},
     "linear": {"synth/objects": 100, "synth/scenes": 60, "synth/textures": 60, "synth/count": 40},
 }
 
@@ -38,16 +37,28 @@ def _plant(uri: str, experiment: str) -> TrackingService:
         for task, correct in tasks.items():
             key = f"{task}:{method}"
             tracker.start_run(key, key, {"stage": "tune", "task": task, "method": method})
-            tracker.start_run(f"{key}/t", "t", {"stage": "tune", "task": task, "method": method},
-                              parent=key)
+            tracker.start_run(
+                f"{key}/t", "t", {"stage": "tune", "task": task, "method": method}, parent=key
+            )
             tracker.log_metrics(f"{key}/t", {"device_hours": 0.5}, 0)
             fkey = f"final/{key}"
-            tracker.start_run(fkey, fkey, {"stage": "final", "task": task, "method": method,
-                                           "seed": 1000}, params={"lr": 0.01})
+            tracker.start_run(
+                fkey,
+                fkey,
+                {"stage": "final", "task": task, "method": method, "seed": 1000},
+                params={"lr": 0.01},
+            )
             params = {"lora": 1000, "bitfit": 300, "linear": 0}[method]
-            tracker.log_metrics(fkey, {"test/acc": correct / N, "trainable_params": params + 10,
-                                       "trainable_params_without_head": params,
-                                       "device_hours": 0.25}, 1)
+            tracker.log_metrics(
+                fkey,
+                {
+                    "test/acc": correct / N,
+                    "trainable_params": params + 10,
+                    "trainable_params_without_head": params,
+                    "device_hours": 0.25,
+                },
+                1,
+            )
             tracker.log_artifact_bytes(fkey, "test_predictions.parquet", _predictions(correct))
             for k in (f"{key}/t", key, fkey):
                 tracker.end_run(k)
@@ -108,10 +119,22 @@ def test_outputs_costs_and_mlflow_leaderboard_run(board):
 def test_selection_never_reads_test_metrics():
     # the planted trial with the best *test* accuracy has a worse val accuracy
     trials = [
-        {"index": 0, "trial_id": "a", "val_acc": 0.80, "test_acc": 0.60, "outcome": "completed",
-         "epochs": 4},
-        {"index": 1, "trial_id": "b", "val_acc": 0.70, "test_acc": 0.95, "outcome": "completed",
-         "epochs": 4},
+        {
+            "index": 0,
+            "trial_id": "a",
+            "val_acc": 0.80,
+            "test_acc": 0.60,
+            "outcome": "completed",
+            "epochs": 4,
+        },
+        {
+            "index": 1,
+            "trial_id": "b",
+            "val_acc": 0.70,
+            "test_acc": 0.95,
+            "outcome": "completed",
+            "epochs": 4,
+        },
     ]
     assert select_best(trials, 4)["trial_id"] == "a"
 
@@ -129,14 +152,37 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 def test_html_renders_in_headless_chromium(board, tmp_path):
     _, paths, _ = board
     shot = tmp_path / "shot.png"
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", paths["html"].as_uri()],
-                         capture_output=True, text=True, timeout=120, check=True).stdout
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    dom = subprocess.run(
+        [CHROMIUM, *flags, "--dump-dom", paths["html"].as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
     assert 'id="leaderboard"' in dom and "<td" in dom and "lora" in dom
-    subprocess.run([CHROMIUM, *flags, "--window-size=1400,900", f"--screenshot={shot}",
-                    paths["html"].as_uri()], capture_output=True, timeout=120, check=True)
+    subprocess.run(
+        [
+            CHROMIUM,
+            *flags,
+            "--window-size=1400,900",
+            f"--screenshot={shot}",
+            paths["html"].as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
     from PIL import Image
 
     image = np.asarray(Image.open(shot).convert("L"))
@@ -152,10 +198,22 @@ def test_cli_rebuilds_from_any_tracking_uri(board, tmp_path):
 
     uri, _, _ = board
     out = tmp_path / "cli"
-    result = CliRunner().invoke(app, ["leaderboard", "--experiment", "planted",
-                                      "--tracking-uri", uri, "--out", str(out), "--no-log"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "leaderboard",
+            "--experiment",
+            "planted",
+            "--tracking-uri",
+            uri,
+            "--out",
+            str(out),
+            "--no-log",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "**90.0**" in result.output and (out / "leaderboard.html").exists()
-    missing = CliRunner().invoke(app, ["leaderboard", "--experiment", "nope",
-                                       "--tracking-uri", uri, "--out", str(out)])
+    missing = CliRunner().invoke(
+        app, ["leaderboard", "--experiment", "nope", "--tracking-uri", uri, "--out", str(out)]
+    )
     assert missing.exit_code == 2 and "no MLflow experiment 'nope'" in missing.output
