@@ -195,6 +195,13 @@ def write(records: Records, out_dir: Path, title: str) -> dict[str, Path]:
     """Parquet (per run and summary), markdown, HTML and PNG plots under ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarise(records)
+    tasks, methods = _ordered(summary)
+    summary = summary.sort_values(
+        ["method", "task"],
+        key=lambda col: col.map(
+            {**{m: i for i, m in enumerate(methods)}, **{t: i for i, t in enumerate(tasks)}}
+        ),
+    ).reset_index(drop=True)
     wide = wide_table(summary, records.tune_hours)
     paths = {
         "runs": out_dir / "leaderboard_runs.parquet",

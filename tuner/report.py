@@ -21,7 +21,11 @@ import pandas as pd
 
 def heatmap_png(summary: pd.DataFrame, path: Path) -> Path:
     """Methods × tasks test accuracy as a heatmap."""
-    grid = summary.pivot_table(index="method", columns="task", values="test_acc", sort=False)
+    grid = summary.pivot_table(index="method", columns="task", values="test_acc")
+    # keep the caller's row/column order (the leaderboard's), not pandas' alphabetical one
+    grid = grid.reindex(
+        index=list(dict.fromkeys(summary["method"])), columns=list(dict.fromkeys(summary["task"]))
+    )
     fig, ax = plt.subplots(
         figsize=(max(5.0, 1.2 + 1.1 * grid.shape[1]), 1.2 + 0.45 * grid.shape[0])
     )
