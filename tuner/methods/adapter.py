@@ -11,26 +11,22 @@ All start with a zero up-projection, so ``apply`` leaves the pretrained function
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import ClassVar
 
 from torch import nn
 
 from tuner.methods import register
-from tuner.methods.base import HParam, Method, head_parameters
-from tuner.methods.hooks import Bottleneck, Placement, attach, branch_parameters
+from tuner.methods.base import HParam
+from tuner.methods.hooks import Bottleneck, BranchMethod, Placement, attach
 
 
-class BottleneckAdapterMethod(Method):
+class BottleneckAdapterMethod(BranchMethod):
     """Shared body: subclasses only say where adapters go and with which activation."""
 
     #: (submodule of each block, placement)
     sites: ClassVar[tuple[tuple[str, Placement], ...]] = ()
     activation: ClassVar[type[nn.Module]] = nn.GELU
-
-    def validate(self) -> None:
-        if int(self.hp["bottleneck"]) < 1:
-            raise ValueError(f"{self.name}: bottleneck must be >= 1, got {self.hp['bottleneck']}")
+    positive = ("bottleneck",)
 
     def inject(self, model: nn.Module) -> None:
         dim = model.embed_dim  # type: ignore[attr-defined]
@@ -40,10 +36,6 @@ class BottleneckAdapterMethod(Method):
                     dim, int(self.hp["bottleneck"]), float(self.hp["scale"]), self.activation
                 )
                 attach(model, f"blocks.{i}.{site}", branch, placement)
-
-    def trainable_parameters(self, model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
-        yield from branch_parameters(model)
-        yield from head_parameters(model)
 
 
 @register

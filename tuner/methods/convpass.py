@@ -9,15 +9,13 @@ Per bypass: 2·d·r + 9·r² + 2·r + d parameters.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from tuner.methods import register
-from tuner.methods.base import HParam, MergeScaled, Method, head_parameters
-from tuner.methods.hooks import attach, branch_parameters
+from tuner.methods.base import HParam, MergeScaled
+from tuner.methods.hooks import BranchMethod, attach
 
 
 class ConvBypass(MergeScaled):
@@ -60,7 +58,7 @@ class ConvBypass(MergeScaled):
 
 
 @register
-class Convpass(Method):
+class Convpass(BranchMethod):
     name = "convpass"
     description = "Convpass: a 3x3 convolutional bottleneck beside attention and MLP."
     paper = "Jie & Deng, Convolutional Bypasses Are Better Vision Transformer Adapters, 2022"
@@ -69,9 +67,7 @@ class Convpass(Method):
         "scale": HParam(1.0, "scale s of the bypass output"),
     }
 
-    def validate(self) -> None:
-        if int(self.hp["bottleneck"]) < 1:
-            raise ValueError(f"convpass: bottleneck must be >= 1, got {self.hp['bottleneck']}")
+    positive = ("bottleneck",)
 
     def inject(self, model: nn.Module) -> None:
         grid = tuple(model.patch_embed.grid_size)  # type: ignore[union-attr]
@@ -85,7 +81,3 @@ class Convpass(Method):
                     model.num_prefix_tokens,  # type: ignore[arg-type]
                 )
                 attach(model, f"blocks.{i}.{site}", branch, "parallel")
-
-    def trainable_parameters(self, model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
-        yield from branch_parameters(model)
-        yield from head_parameters(model)

@@ -14,12 +14,13 @@ multiplied by α (0 = the pretrained backbone).
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Iterator
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
 
-from tuner.methods.base import MergeScaled
+from tuner.methods.base import MergeScaled, Method, head_parameters
 
 Placement = Literal["sequential", "parallel", "before"]
 CONTAINER = "petl_branches"
@@ -82,3 +83,21 @@ def branch_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     if not hasattr(model, CONTAINER):
         return []
     return [(f"{CONTAINER}.{n}", p) for n, p in getattr(model, CONTAINER).named_parameters()]
+
+
+class BranchMethod(Method):
+    """A method whose trainable tensors are exactly its added branches (plus the head).
+
+    ``positive`` names integer hyper-parameters that must be >= 1 (widths, ranks).
+    """
+
+    positive: ClassVar[tuple[str, ...]] = ()
+
+    def validate(self) -> None:
+        for key in self.positive:
+            if int(self.hp[key]) < 1:
+                raise ValueError(f"{self.name}: {key} must be >= 1, got {self.hp[key]}")
+
+    def trainable_parameters(self, model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
+        yield from branch_parameters(model)
+        yield from head_parameters(model)

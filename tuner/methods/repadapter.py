@@ -8,14 +8,12 @@ is affine, so it merges into the next linear layer (``qkv`` / ``fc1``):
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import torch
 from torch import nn
 
 from tuner.methods import register
-from tuner.methods.base import HParam, MergeScaled, Method, head_parameters
-from tuner.methods.hooks import CONTAINER, attach, branch_parameters
+from tuner.methods.base import HParam, MergeScaled
+from tuner.methods.hooks import CONTAINER, BranchMethod, attach
 
 GROUPS = 2
 
@@ -51,7 +49,7 @@ class LinearAdapter(MergeScaled):
 
 
 @register
-class RepAdapter(Method):
+class RepAdapter(BranchMethod):
     name = "repadapter"
     description = "RepAdapter: linear group-wise adapters before attention and MLP, mergeable."
     paper = "Luo et al., Towards Efficient Visual Adaption via Structural Re-parameterization, 2023"
@@ -75,10 +73,6 @@ class RepAdapter(Method):
                     float(self.hp["scale"]),  # type: ignore[arg-type]
                 )
                 attach(model, f"blocks.{i}.{site}", branch, "before")
-
-    def trainable_parameters(self, model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
-        yield from branch_parameters(model)
-        yield from head_parameters(model)
 
     def merge(self, model: nn.Module) -> nn.Module:
         container = getattr(model, CONTAINER)
