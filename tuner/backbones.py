@@ -27,6 +27,13 @@ TINY_ARGS: dict[str, Any] = dict(
 )
 #: Classes of the synthetic upstream task the tiny ViT was pretrained on.
 TINY_UPSTREAM_CLASSES = 64
+#: Short names for the seed studies' backbones (timm ``architecture.tag``).
+PRESETS: dict[str, str] = {
+    "vit_b16_in21k": "vit_base_patch16_224.augreg_in21k",
+    "clip_vit_b16": "vit_base_patch16_clip_224.openai",
+    "dinov2_vit_b14": "vit_base_patch14_dinov2.lvd142m",
+    "mae_vit_b16": "vit_base_patch16_224.mae",
+}
 
 default_cfgs = generate_default_cfgs(
     {
@@ -64,30 +71,85 @@ def create_backbone(
     *,
     pretrained: bool = True,
     drop_path: float = 0.0,
+    weights: str | None = None,
 ) -> nn.Module:
-    """A timm ViT with a fresh ``num_classes`` head.
+    """A timm ViT (or preset, see ``PRESETS``) with a fresh ``num_classes`` head.
 
-    ``pretrained=True`` for the tiny model needs the shipped weights file; a clear error
-    names it (and the command that makes it) when it is missing.
+    ``weights`` (a path or fsspec URL) replaces the hub download for offline clusters;
+    without it ``pretrained=True`` is timm's own loading. ``pretrained=True`` for the tiny
+    model needs the shipped weights file; a clear error names it (and the command that makes
+    it) when it is missing.
     """
-    if pretrained and name == TINY_NAME and not TINY_WEIGHTS.exists():
+    name = resolve_backbone(name)
+    if weights and not pretrained:
+        raise ValueError(f"backbone weights {weights} given with pretrained=False")
+    if pretrained and not weights and name == TINY_NAME and not TINY_WEIGHTS.exists():
         raise FileNotFoundError(
             f"pretrained weights for {name} not found at {TINY_WEIGHTS}; "
             "make them with `petl-sweep pretrain`"
         )
     try:
-        return timm.create_model(
-            name, pretrained=pretrained, num_classes=num_classes, drop_path_rate=drop_path
+        model = timm.create_model(
+            name,
+            pretrained=pretrained and not weights,
+            num_classes=num_classes,
+            drop_path_rate=drop_path,
         )
     except RuntimeError as err:
         if "Unknown model" in str(err):
             raise ValueError(
-                f"unknown backbone {name!r}; try one of {timm.list_models('vit_*')[:8]} ..."
+                f"unknown backbone {name!r}; presets: {', '.join(PRESETS)}; or any of "
+                f"{timm.list_models('vit_*')[:8]} ..."
             ) from err
         raise
+    if weights:
+        from tuner.checkpoints import load_weights
+
+        load_weights(model, weights, name)
+    return model
 
 
 def data_config(model: nn.Module) -> dict[str, Any]:
-    """Input size and normalisation the backbone expects (timm's ``pretrained_cfg``)."""
+    """Input size, normalisation and resize interpolation the backbone expects.
+
+    From timm's ``pretrained_cfg``, except the size of a model built at another ``img_size``
+    (its position embeddings fix the input). No crop: tasks are resized, as in VTAB-1k.
+    """
     cfg = timm.data.resolve_data_config({}, model=model)
-    return {"input_size": tuple(cfg["input_size"]), "mean": cfg["mean"], "std": cfg["std"]}
+    size = tuple(cfg["input_size"])
+    built = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if built is not None:
+        size = (size[0], *built)
+    return {
+        "input_size": size,
+        "mean": cfg["mean"],
+        "std": cfg["std"],
+        "interpolation": cfg["interpolation"],
+    }
+
+
+def resolve_backbone(name: str) -> str:
+    """A preset's timm name (``clip_vit_b16`` -> ``vit_base_patch16_clip_224.openai``)."""
+    return PRESETS.get(name, name)
+
+
+def preset_table() -> list[dict[str, Any]]:
+    """Every preset with its timm preprocessing (from the registry: nothing downloads)."""
+    from timm.models import get_pretrained_cfg
+
+    rows = []
+    for preset, timm_name in PRESETS.items():
+        cfg = get_pretrained_cfg(timm_name)
+        if cfg is None:
+            raise ValueError(f"preset {preset}: {timm_name} is not in this timm's registry")
+        rows.append(
+            {
+                "preset": preset,
+                "timm_name": timm_name,
+                "input_size": tuple(cfg.input_size),
+                "mean": tuple(cfg.mean),
+                "std": tuple(cfg.std),
+                "interpolation": cfg.interpolation,
+            }
+        )
+    return rows

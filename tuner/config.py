@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tuner import methods
 from tuner.backbones import TINY_NAME
-from tuner.data.tasks import list_tasks
+from tuner.data.tasks import get_task, list_tasks
 
 QUICKSTART = Path(__file__).parent / "quickstart.yaml"
 
@@ -60,6 +60,7 @@ class TrainSettings(_Strict):
     warmup_epochs: float = Field(1.0, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     pretrained: bool = True
+    normalize: bool = Field(True, description="False: [0, 1] pixels, no mean/std (seed studies)")
 
 
 class FinalSettings(_Strict):
@@ -89,7 +90,10 @@ class RaySettings(_Strict):
 class SweepConfig(_Strict):
     name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     seed: int = 0
-    backbone: str = TINY_NAME
+    backbone: str = Field(TINY_NAME, description="timm model name or preset (petl-sweep backbones)")
+    backbone_weights: str | None = Field(
+        None, description="offline weights: path or fsspec URL (.safetensors/.pth/.npz)"
+    )
     tasks: list[str] = Field(..., min_length=1)
     methods: list[str] = Field(..., min_length=1)
     data_root: Path = Path("data")
@@ -101,6 +105,10 @@ class SweepConfig(_Strict):
     resources: ResourceSettings = ResourceSettings()
     tracking: TrackingSettings = TrackingSettings()
     ray: RaySettings = RaySettings()
+    shifts: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description="evaluation-only shift sets: task id -> {shift name -> list file or folder}",
+    )
 
     @field_validator("methods")
     @classmethod
@@ -111,7 +119,23 @@ class SweepConfig(_Strict):
     @field_validator("tasks")
     @classmethod
     def _known_tasks(cls, value: list[str]) -> list[str]:
-        return _expand(value, list_tasks(), "task")
+        return _expand_tasks(value)
+
+    @model_validator(mode="after")
+    def _shifts_exist(self) -> SweepConfig:
+        for task, sets in self.shifts.items():
+            if task not in self.tasks:
+                raise ValueError(
+                    f"shifts: task {task!r} is not in the sweep; expected one of {self.tasks}"
+                )
+            for name, path in sets.items():
+                if not Path(path).exists():
+                    raise ValueError(
+                        f"shifts.{task}.{name}: {path} does not exist; expected a "
+                        "'<image path> <label>' list file or an image folder <class>/*.png"
+                    )
+                sets[name] = str(Path(path).absolute())  # Ray workers run in other folders
+        return self
 
     @model_validator(mode="after")
     def _fixed_is_valid(self) -> SweepConfig:
@@ -119,6 +143,12 @@ class SweepConfig(_Strict):
             if name not in self.methods:
                 raise ValueError(f"search.fixed: {name!r} is not one of the sweep's methods")
             methods.get(name, **hp)  # raises naming the bad hyper-parameter
+        return self
+
+    @model_validator(mode="after")
+    def _weights_need_pretrained(self) -> SweepConfig:
+        if self.backbone_weights and not self.train.pretrained:
+            raise ValueError("backbone_weights is set but train.pretrained is false")
         return self
 
     @property
@@ -143,6 +173,29 @@ def _expand(values: list[str], valid: list[str], kind: str) -> list[str]:
             )
             raise ValueError(f"unknown {kind} {value!r}; valid: {shown}")
         out.extend(m for m in matches if m not in out)
+    return out
+
+
+def _expand_tasks(values: list[str]) -> list[str]:
+    """Registry wildcards as :func:`_expand`, plus ``folder:<path>`` user tasks (made absolute,
+    so Ray workers in other folders find them) and ``@<n>[#<fold>]`` subset suffixes."""
+    from tuner.data.subsets import split_subset
+    from tuner.data.vtab import DataError
+
+    out: list[str] = []
+    for value in values:
+        try:
+            base, _ = split_subset(value)
+            suffix = value[len(base) :]
+            if base.startswith("folder:"):
+                bases = [f"folder:{Path(base.removeprefix('folder:')).absolute()}"]
+            else:
+                bases = _expand([base], list_tasks(), "task")
+            for task in (b + suffix for b in bases):
+                get_task(task)  # reads a user folder's classes: a bad folder fails here
+                out.extend([task] if task not in out else [])
+        except (KeyError, DataError) as err:
+            raise ValueError(str(err.args[0]) if err.args else str(err)) from None
     return out
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from tuner.artifacts import read_predictions
-from tuner.data.tasks import get_task, list_tasks
+from tuner.data.tasks import GROUPS, task_group, task_order
 from tuner.methods import list_methods
 from tuner.report import heatmap_png, html_page, pareto_png
 from tuner.stats import bootstrap_ties, per_example_accuracy
@@ -99,7 +99,7 @@ def summarise(records: Records, seed: int = 0) -> pd.DataFrame:
         .reset_index()
     )
     summary["test_acc_std"] = summary["test_acc_std"].fillna(0.0)
-    summary["group"] = [get_task(t).group for t in summary["task"]]
+    summary["group"] = [task_group(t) for t in summary["task"]]
     summary["best"], summary["tied"] = False, False
     for task, rows in summary.groupby("task"):
         accuracy = {m: per_example_accuracy(records.correct[(task, m)]) for m in rows["method"]}
@@ -111,14 +111,18 @@ def summarise(records: Records, seed: int = 0) -> pd.DataFrame:
 
 
 def method_means(summary: pd.DataFrame) -> pd.DataFrame:
-    """Per method: flat mean over its tasks and mean of its group means."""
+    """Per method: flat mean over its tasks and mean of its VTAB group means (FGVC and user
+    tasks count in the flat mean only)."""
     out = []
     for method, rows in summary.groupby("method", sort=False):
         out.append(
             {
                 "method": method,
                 "mean_flat": rows["test_acc"].mean(),
-                "mean_group": rows.groupby("group")["test_acc"].mean().mean(),
+                "mean_group": rows[rows["group"].isin(GROUPS)]
+                .groupby("group")["test_acc"]
+                .mean()
+                .mean(),
                 "tasks": len(rows),
             }
         )
@@ -127,7 +131,7 @@ def method_means(summary: pd.DataFrame) -> pd.DataFrame:
 
 def _ordered(summary: pd.DataFrame) -> tuple[list[str], list[str]]:
     """Registry order (stable across runs), not the order finals happened to finish in."""
-    tasks = [t for t in list_tasks() if t in set(summary["task"])]
+    tasks = task_order(list(summary["task"]))
     methods = [m for m in list_methods() if m in set(summary["method"])]
     return tasks, methods
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,12 +31,17 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from tuner import methods
+from tuner.allocation_report import allocation_bytes, allocation_png
+from tuner.allocation_report import summary as allocation_summary
 from tuner.artifacts import environment_info, predictions_bytes, trainable_bytes
+from tuner.backbones import resolve_backbone
+from tuner.checkpoints import fingerprint as weights_fingerprint
 from tuner.config import SweepConfig
 from tuner.progress import ProgressBoard
 from tuner.spaces import Domain, load_space
 from tuner.tracking import TrackingService, default_tracking_uri
-from tuner.train import TrialSpec, train_one
+from tuner.train import Trainer, TrialSpec, train_one
 from tuner.trainable import tune_trainable
 
 METRIC = "val/acc"
@@ -50,6 +56,7 @@ LOGGED = (
     "diverged",
     "trainable_params",
     "trainable_params_without_head",
+    "sensitivity_reused",
 )
 
 
@@ -204,7 +211,11 @@ class MLflowTrialCallback(tune.Callback):
         self.tracker.end_run.remote(
             self._key(trial),
             "FAILED" if outcome == "diverged" else "FINISHED",
-            {"outcome": outcome, "epochs_run": trial.last_result.get("training_iteration", 0)},
+            {
+                "outcome": outcome,
+                "epochs_run": trial.last_result.get("training_iteration", 0),
+                "node": trial.last_result.get("node_id", ""),
+            },
         )
         self.board.trial_done.remote(self.study.key, outcome)
 
@@ -234,6 +245,8 @@ def trial_spec(
         hp=hp,
         backbone=cfg.backbone,
         pretrained=cfg.train.pretrained,
+        weights=cfg.backbone_weights,
+        normalize=cfg.train.normalize,
         stage=stage,  # type: ignore[arg-type]
         epochs=cfg.tune.max_epochs if stage == "tune" else cfg.final_epochs,
         batch_size=cfg.train.batch_size,
@@ -242,6 +255,8 @@ def trial_spec(
         seed=seed,
         data_root=str(Path(cfg.data_root).resolve()),
         threads=max(1, math.floor(cfg.resources.cpus_per_trial)),
+        sensitivity_seed=cfg.seed,
+        shifts=dict(cfg.shifts.get(task, {})),
     )
 
 
@@ -288,6 +303,8 @@ def run_study(cfg: SweepConfig, study: StudySpec, tracker: Any, board: Any) -> d
         )
     )
     spec = trial_spec(cfg, study.task, study.method, dict(study.fixed), "tune", cfg.seed).to_dict()
+    if getattr(methods.method_class(study.method), "needs_sensitivity", False):
+        spec["sensitivity_uri"] = study_sensitivity(cfg, spec, tracker, study.key)
     trainable = tune.with_resources(
         tune.with_parameters(tune_trainable, spec=spec, checkpoint_every=cfg.tune.checkpoint_every),
         {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial},
@@ -348,6 +365,7 @@ def run_study(cfg: SweepConfig, study: StudySpec, tracker: Any, board: Any) -> d
         "wall_s": time.time() - started,
         "optuna_states": searcher.trial_states() if searcher else {},
         "study_hash": study.hash,
+        "sensitivity_uri": spec.get("sensitivity_uri"),
     }
     counts = {
         o: sum(t["outcome"] == o for t in trials)
@@ -382,6 +400,7 @@ def run_final(cfg: SweepConfig, study: dict[str, Any], seed_index: int) -> dict[
     spec = trial_spec(
         cfg, study["task"], study["method"], best["config"], "final", cfg.seed + 1000 + seed_index
     )
+    spec.sensitivity_uri = study.get("sensitivity_uri")
     started = time.time()
     result = train_one(spec)
     result.update(
@@ -390,8 +409,36 @@ def run_final(cfg: SweepConfig, study: dict[str, Any], seed_index: int) -> dict[
         seed_index=seed_index,
         wall_s=time.time() - started,
         environment=environment_info(),
+        node_id=ray.get_runtime_context().get_node_id(),
     )
     return result
+
+
+def _sensitivity_pass(spec: dict[str, Any]) -> tuple[str, str, bytes]:
+    """Build the study's first trial (which computes and caches the scores); return the
+    cache key, where the scores came from, and the file's bytes (for MLflow)."""
+    from tuner.sensitivity import cache_path
+
+    trainer = Trainer(TrialSpec(**spec))
+    path = cache_path(Path(spec["data_root"]) / ".cache", trainer.sensitivity_key)
+    return trainer.sensitivity_key, trainer.sensitivity_source, path.read_bytes()
+
+
+def study_sensitivity(cfg: SweepConfig, spec: dict[str, Any], tracker: Any, key: str) -> str:
+    """SPT: compute the study's sensitivity once, before any trial, on a trial-sized slot.
+
+    The scores are logged to the study run under ``sensitivity/``; the returned artifact URI
+    lets a trial on a node without the cache file fetch them instead of recomputing.
+    """
+    task = ray.remote(max_retries=1)(_sensitivity_pass).options(
+        num_cpus=cfg.resources.cpus_per_trial, num_gpus=cfg.resources.gpus_per_trial
+    )
+    cache_key, source, data = ray.get(task.remote(spec))
+    filename = f"{cache_key}.safetensors"
+    ray.get(tracker.log_artifact_bytes.remote(key, filename, data, "sensitivity"))
+    ray.get(tracker.log_params.remote(key, {"sensitivity.key": cache_key}))
+    ray.get(tracker.set_tags.remote(key, {"sensitivity.source": source}))
+    return ray.get(tracker.artifact_uri.remote(key, f"sensitivity/{filename}"))
 
 
 def storage_path(cfg: SweepConfig) -> str:
@@ -412,8 +459,10 @@ def artifact_root(cfg: SweepConfig) -> str | None:
 def _init_ray(cfg: SweepConfig) -> None:
     if ray.is_initialized():
         return
-    if cfg.ray.address:
-        ray.init(address=cfg.ray.address, log_to_driver=False)
+    # Inside a Ray job (``ray job submit`` / RayJob) RAY_ADDRESS names the cluster to join.
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
     else:
         ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=False)
 
@@ -434,19 +483,19 @@ def prepare_data(cfg: SweepConfig) -> dict[str, dict[str, Any]]:
     """
     from tuner.backbones import create_backbone, data_config
     from tuner.data import load_task
+    from tuner.data.sources import task_digest
     from tuner.data.tasks import task_dir
 
-    size = data_config(create_backbone(cfg.backbone, 2, pretrained=False))["input_size"][-1]
+    norm = data_config(create_backbone(cfg.backbone, 2, pretrained=False))
+    size, interpolation = norm["input_size"][-1], norm["interpolation"]
     records = {}
     for task in cfg.tasks:
-        data = load_task(task, Path(cfg.data_root), size, synth_seed=0)
+        # same size and filter as the trials' load_task, so they hit this decode cache
+        data = load_task(task, Path(cfg.data_root), size, synth_seed=0, interpolation=interpolation)
         folder = task_dir(task, Path(cfg.data_root))
-        digest = hashlib.sha256()
-        for split in ("train800", "val200", "train800val200", "test"):
-            digest.update((folder / f"{split}.txt").read_bytes())
         records[task] = {
             "name": task,
-            "digest": digest.hexdigest()[:16],
+            "digest": task_digest(task, Path(cfg.data_root)),
             "source": str(folder.resolve()),
             "splits": {
                 "train800": len(data.train[1]),
@@ -465,7 +514,7 @@ def study_hash(cfg: SweepConfig, study: StudySpec) -> str:
         "task": study.task,
         "method": study.method,
         "dataset": study.dataset.get("digest"),
-        "backbone": cfg.backbone,
+        "backbone": resolve_backbone(cfg.backbone),
         "seed": cfg.seed,
         "study_seed": study.seed,
         "tune": cfg.tune.model_dump(),
@@ -474,13 +523,17 @@ def study_hash(cfg: SweepConfig, study: StudySpec) -> str:
         "domains": {k: [d.kind, list(d.args)] for k, d in sorted(study.space.items())},
         "fixed": study.fixed,
     }
+    if cfg.backbone_weights:  # the file's content, not its name, decides the result
+        content["backbone_weights"] = weights_fingerprint(cfg.backbone_weights)
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[
         :20
     ]
 
 
 def final_hash(cfg: SweepConfig, summary: dict[str, Any], seed_index: int) -> str:
+    shifts = cfg.shifts.get(summary["task"], {})
     content = [summary["study_hash"], summary["best"]["config"], cfg.final_epochs, seed_index]
+    content += [shifts] if shifts else []
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[
         :20
     ]
@@ -605,6 +658,7 @@ def _log_final(
         "device": result["environment"]["device"],
         "git_sha": result["environment"]["git_sha"],
         "final_hash": result["final_hash"],
+        "node": result.get("node_id", ""),
     }
     name = f"final {result['study']} seed{result['seed_index']}"
     ray.get(
@@ -633,6 +687,7 @@ def _log_final(
             "trainable_params_without_head": result["trainable_params_without_head"],
             "wall_s": result["wall_s"],
             "peak_memory_mb": result["peak_memory_mb"],
+            **{k: v for k, v in result.items() if k.startswith("shift/")},
             "device_hours": result["wall_s"] * devices_per_trial(cfg) / 3600,
         },
         int(spec["epochs"]),
@@ -655,5 +710,11 @@ def _log_final(
         ),
     )
     tracker.log_dict.remote(key, {k: v for k, v in spec.items()}, "config.json")
+    if result.get("allocation"):
+        rows = result["allocation"]
+        title = f"{spec['method']} on {spec['task']}"
+        tracker.log_artifact_bytes.remote(key, "allocation.parquet", allocation_bytes(rows))
+        tracker.log_artifact_bytes.remote(key, "allocation.png", allocation_png(rows, title))
+        tracker.log_metrics.remote(key, allocation_summary(rows), int(spec["epochs"]))
     tracker.log_dict.remote(key, result["environment"], "environment.json")
     ray.get(tracker.end_run.remote(key, "FINISHED", {"outcome": "completed"}))

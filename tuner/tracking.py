@@ -150,6 +150,10 @@ class TrackingService:
     def log_dict(self, key: str, data: Mapping[str, Any], filename: str) -> None:
         self.client.log_dict(self.runs[key], dict(data), filename)
 
+    def artifact_uri(self, key: str, path: str) -> str:
+        """The full URI of an artifact of the run ``key`` (downloadable from any node)."""
+        return f"{self.client.get_run(self.runs[key]).info.artifact_uri}/{path}"
+
     def run_id(self, key: str) -> str:
         return self.runs[key]
 

@@ -11,6 +11,7 @@ A non-finite loss ends training as *diverged*: the epoch's metrics are still ret
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import time
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from tuner import methods
 from tuner.backbones import create_backbone, data_config
 from tuner.data import TaskData, load_task
-from tuner.methods.base import COMMON_HPARAMS, count_trainable
+from tuner.methods.base import COMMON_HPARAMS, count_trainable, head_parameters
 
 Stage = Literal["tune", "final"]
 
@@ -40,6 +41,10 @@ class TrialSpec:
     hp: dict[str, Any] = field(default_factory=dict)
     backbone: str = "vit_petl_tiny_patch8_32"
     pretrained: bool = True
+    #: path or fsspec URL of the backbone weights (offline); None: timm's hub download
+    weights: str | None = None
+    #: False: feed [0, 1] pixels without mean/std (the seed studies' protocol)
+    normalize: bool = True
     stage: Stage = "tune"
     epochs: int = 8
     batch_size: int = 64
@@ -48,6 +53,12 @@ class TrialSpec:
     seed: int = 0
     data_root: str = "data"
     threads: int | None = None
+    #: Evaluation-only shift sets of the task (name → list file or folder), final stage only
+    shifts: dict[str, str] = field(default_factory=dict)
+    #: SPT: seed of the sensitivity pass (the study's, so final retrains reuse its scores)
+    sensitivity_seed: int | None = None
+    #: SPT: MLflow artifact holding the study's scores, for nodes without the cache file
+    sensitivity_uri: str | None = None
 
     def common(self, key: str) -> Any:
         return self.hp.get(key, COMMON_HPARAMS[key])
@@ -97,10 +108,25 @@ class Trainer:
             num_classes,
             pretrained=spec.pretrained,
             drop_path=float(spec.common("drop_path")),
+            weights=spec.weights,
         )
         self.norm = data_config(model)
         if self.data is None:
-            self.data = load_task(spec.task, Path(spec.data_root), self.norm["input_size"][-1])
+            self.data = load_task(
+                spec.task,
+                Path(spec.data_root),
+                self.norm["input_size"][-1],
+                interpolation=self.norm["interpolation"],  # the backbone's pretrained_cfg
+                shifts=spec.shifts if spec.stage == "final" else None,
+            )
+        mean = torch.tensor(self.norm["mean"], device=self.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.norm["std"], device=self.device).view(1, -1, 1, 1)
+        if not spec.normalize:  # seed-study protocol: raw [0, 1] pixels
+            mean, std = torch.zeros_like(mean), torch.ones_like(std)
+        self._mean, self._std = mean, std
+        self.sensitivity_key = self.sensitivity_source = ""
+        if getattr(self.method, "needs_sensitivity", False):
+            self._give_sensitivity(model, num_classes)
         self.model = self.method.apply(model).to(self.device)
         self.trainable, self.trainable_without_head = count_trainable(self.model, self.method)
         train_split = "train" if spec.stage == "tune" else "trainval"
@@ -118,14 +144,48 @@ class Trainer:
         )
         self.epoch = 0
         self.diverged = False
-        mean = torch.tensor(self.norm["mean"], device=self.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.norm["std"], device=self.device).view(1, -1, 1, 1)
-        self._mean, self._std = mean, std
 
     def _num_classes(self) -> int:
         from tuner.data.tasks import get_task
 
         return get_task(self.spec.task).num_classes
+
+    def _give_sensitivity(self, model: torch.nn.Module, num_classes: int) -> None:
+        """SPT: the study's cached sensitivity scores (computed here only on a cache miss).
+
+        Scores are taken on a copy of the pretrained backbone with a head initialised from
+        the sensitivity seed, so tune and final runs (different seeds) share one cache entry.
+        """
+        from tuner import sensitivity as sens
+
+        spec = self.spec
+        seed = spec.seed if spec.sensitivity_seed is None else int(spec.sensitivity_seed)
+        x, y = self.data.train  # type: ignore[union-attr]
+        head = {id(p) for _, p in head_parameters(model)}
+        backbone = {n: p for n, p in model.named_parameters() if id(p) not in head}
+        key = sens.sensitivity_key(
+            spec.backbone,
+            sens.tensor_digest(backbone),
+            spec.task,
+            sens.tensor_digest([x, y, self._mean, self._std]),  # data as the model sees it
+            seed,
+            sens.DEFAULT_BATCHES,
+            sens.DEFAULT_BATCH_SIZE,
+        )
+
+        def compute() -> dict[str, torch.Tensor]:
+            probe = copy.deepcopy(model)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                probe.reset_classifier(num_classes)
+            return sens.compute_sensitivity(probe.to(self.device), x, y, self._prepare, seed=seed)
+
+        meta = {"backbone": spec.backbone, "task": spec.task, "seed": seed}
+        scores, source = sens.obtain_scores(
+            key, Path(spec.data_root) / ".cache", compute, meta, spec.sensitivity_uri
+        )
+        self.method.set_sensitivity(scores)  # type: ignore[attr-defined]
+        self.sensitivity_key, self.sensitivity_source = key, source
 
     # -- data -----------------------------------------------------------------------------
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
@@ -171,9 +231,12 @@ class Trainer:
 
     @torch.no_grad()
     def predict(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits (float32, CPU) and labels for a split, in order."""
+        """Logits (float32, CPU) and labels for a split (or ``shift:<name>``), in order."""
         self.model.eval()
-        x_all, y_all = getattr(self.data, split)
+        if split.startswith("shift:"):
+            x_all, y_all = self.data.shifts[split.removeprefix("shift:")]  # type: ignore[union-attr]
+        else:
+            x_all, y_all = getattr(self.data, split)
         outs = []
         for start in range(0, len(y_all), 256):
             with self._autocast():
@@ -200,6 +263,8 @@ class Trainer:
                 trainable_params_without_head=float(self.trainable_without_head),
                 lr=self.scheduler.get_last_lr()[0],
             )
+            if self.sensitivity_source:
+                metrics["sensitivity_reused"] = float(self.sensitivity_source != "computed")
             yield metrics
 
     # -- resumability ---------------------------------------------------------------------
@@ -260,4 +325,8 @@ def train_one(spec: TrialSpec, data: TaskData | None = None) -> dict[str, Any]:
     if spec.stage == "final":
         result["predictions"] = trainer.predict(trainer.eval_split)
         result["trainable_state"] = trainer.method.trainable_state_dict(trainer.model)
+        for name in trainer.data.shifts:  # type: ignore[union-attr]
+            result[f"shift/{name}/acc"] = trainer.evaluate(f"shift:{name}")
+        report = getattr(trainer.method, "report", None)
+        result["allocation"] = report() if report else []
     return result

@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import ray
 from ray import tune
 
 from tuner.train import Trainer, TrialSpec
@@ -23,7 +24,9 @@ def tune_trainable(config: dict[str, Any], spec: dict[str, Any], checkpoint_ever
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             trainer.load(Path(directory))
+    node = ray.get_runtime_context().get_node_id()  # which node ran it, for the spread
     for metrics in trainer.epochs():
+        metrics["node_id"] = node
         last = trainer.epoch >= trainer.spec.epochs or trainer.diverged
         if trainer.epoch % checkpoint_every == 0 or last:
             with tempfile.TemporaryDirectory() as directory:

@@ -2,19 +2,30 @@
 
 Configs are validated against this list before anything runs (a typo fails in the first
 second, not after a cluster spins up), and the leaderboard reads each task's VTAB group from
-it to compute group means. Task data lives at ``<data_root>/<suite>/<name>`` in the VTAB-1k
-layout, whatever the suite.
+it to compute group means. Task data lives at ``<data_root>/<suite>/<name>``: the VTAB-1k
+layout for ``synth`` and ``vtab1k``, VPT's JSON layout for ``fgvc``.
+
+Two kinds of id are resolved on the fly rather than listed: user tasks ``folder:<path>``
+(their class count comes from the data) and many-shot subsets ``<task>@<n>[#<fold>]`` (see
+:mod:`tuner.data.subsets`), which share their base task's group and classes.
 """
 
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from tuner.data.fgvc import FGVC_DATASETS
+from tuner.data.folder import PREFIX as FOLDER_PREFIX
+from tuner.data.folder import folder_classes, folder_path
+from tuner.data.subsets import split_subset
 from tuner.data.synthetic import SYNTH_TASKS
 
+#: VTAB's groups: the leaderboard's group mean averages over these only.
 GROUPS = ("natural", "specialized", "structured")
+#: Groups of tasks outside VTAB (FGVC, user folders), reported per task and in the flat mean.
+OTHER_GROUPS = ("fgvc", "custom")
 
 
 @dataclass(frozen=True)
@@ -24,7 +35,7 @@ class TaskInfo:
     id: str  # "<suite>/<name>", e.g. "synth/count", "vtab1k/cifar"
     suite: str
     name: str
-    group: str  # one of GROUPS
+    group: str  # one of GROUPS or OTHER_GROUPS
     num_classes: int
 
 
@@ -60,8 +71,9 @@ def _build() -> dict[str, TaskInfo]:
     infos += [
         TaskInfo(f"vtab1k/{name}", "vtab1k", name, group, k) for name, (group, k) in _VTAB1K.items()
     ]
+    infos += [TaskInfo(f"fgvc/{n}", "fgvc", n, "fgvc", k) for n, (k, _) in FGVC_DATASETS.items()]
     for info in infos:
-        if info.group not in GROUPS:
+        if info.group not in GROUPS + OTHER_GROUPS:
             raise ValueError(f"task {info.id}: unknown group {info.group!r}")
     return {info.id: info for info in infos}
 
@@ -75,16 +87,43 @@ def list_tasks(pattern: str = "*") -> list[str]:
 
 
 def get_task(task_id: str) -> TaskInfo:
-    """The task's info; an unknown id raises KeyError listing valid ids."""
-    try:
-        return TASKS[task_id]
-    except KeyError:
+    """The task's info; an unknown id raises KeyError listing valid ids.
+
+    ``folder:<path>`` reads the class count from the data (a missing or malformed folder is a
+    DataError); a subset suffix keeps the base task's info under the full id.
+    """
+    base, subset = split_subset(task_id)
+    if base.startswith(FOLDER_PREFIX):
+        path = folder_path(base)
+        info = TaskInfo(base, "folder", str(path), "custom", folder_classes(path)[0])
+    elif base in TASKS:
+        info = TASKS[base]
+    else:
         ids = list(TASKS)
         shown = ", ".join(ids[:20]) + (f", ... ({len(ids)} in all)" if len(ids) > 20 else "")
-        raise KeyError(f"unknown task {task_id!r}; valid task ids: {shown}") from None
+        raise KeyError(
+            f"unknown task {task_id!r}; valid task ids: {shown}, or folder:<path>, "
+            "optionally with @<n>[#<fold>]"
+        )
+    return info if subset is None else replace(info, id=task_id)
+
+
+def task_group(task_id: str) -> str:
+    """The task's group without reading any data (a user folder may be gone by now)."""
+    base, _ = split_subset(task_id)
+    return "custom" if base.startswith(FOLDER_PREFIX) else get_task(base).group
+
+
+def task_order(task_ids: list[str]) -> list[str]:
+    """Registry order, each base task's subsets after it, then user tasks as given."""
+    rank = {tid: i for i, tid in enumerate(TASKS)}
+    given = {tid: i for i, tid in enumerate(dict.fromkeys(task_ids))}
+    return sorted(given, key=lambda t: (rank.get(split_subset(t)[0], len(rank)), given[t]))
 
 
 def task_dir(task_id: str, data_root: Path) -> Path:
-    """Where the task's VTAB-layout folder lives: ``data_root/<suite>/<name>``."""
-    info = get_task(task_id)
+    """Where the task's data lives: ``data_root/<suite>/<name>``, or a user task's path."""
+    info = get_task(split_subset(task_id)[0])
+    if info.suite == "folder":
+        return Path(info.name)
     return Path(data_root) / info.suite / info.name
