@@ -18,3 +18,20 @@ def tiny_backbone():
         return create_backbone(TINY_NAME, num_classes, pretrained=False).eval()
 
     return make
+
+
+def give_sensitivity(method, model, num_classes: int = 5, seed: int = 0):
+    """SPT methods need their task's sensitivity scores before ``apply``: take them on a
+    seeded random batch (the real pass, two small batches). Other methods pass through."""
+    if getattr(method, "needs_sensitivity", False):
+        from tuner.sensitivity import compute_sensitivity
+
+        size = model.patch_embed.img_size
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randint(0, 256, (16, 3, *size), dtype=torch.uint8, generator=g)
+        y = torch.randint(0, num_classes, (16,), generator=g)
+        scores = compute_sensitivity(
+            model, x, y, lambda b: b.float() / 127.5 - 1, seed=seed, batches=2, batch_size=8
+        )
+        method.set_sensitivity(scores)
+    return method

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import give_sensitivity
 from torch import nn
 
 from tuner import methods
@@ -49,6 +50,15 @@ def _adapter(d: int, r: int) -> int:
     return 2 * d * r + r + d
 
 
+def _spt_eligible(m: nn.Module) -> int:
+    """SPT's allocation pool: block matrices (q, k, v, proj, fc1, fc2), block vectors
+    (norm affines, biases) and the final norm; no patch/position embedding, token or head."""
+    d, depth, hidden = _arch(m)
+    matrices = 3 * d * d + d * d + d * hidden + hidden * d
+    vectors = 2 * d + 2 * d + 3 * d + d + hidden + d
+    return depth * (matrices + vectors) + 2 * d
+
+
 def _formula(name: str, m: nn.Module, hp: dict) -> int:
     d, depth, hidden = _arch(m)
     r = hp.get("bottleneck", hp.get("rank", hp.get("dim", 0)))
@@ -73,6 +83,9 @@ def _formula(name: str, m: nn.Module, hp: dict) -> int:
         # 12 d×d slices per block: q, k, v, proj, 4 of fc1, 4 of fc2
         "fact_tt": lambda: 2 * d * r + 12 * depth * r * r,
         "fact_tk": lambda: 2 * d * r + r**3 + 12 * depth * r,
+        # exactly the budget (a fraction of the pool), plus the always-trained class token
+        "spt_lora": lambda: round(hp["budget"] * _spt_eligible(m)) + d,
+        "spt_adapter": lambda: round(hp["budget"] * _spt_eligible(m)) + d,
     }[name]()
 
 
@@ -96,6 +109,8 @@ FORMULAS: dict[str, Callable[[nn.Module, dict], int]] = {
         "repadapter",
         "fact_tt",
         "fact_tk",
+        "spt_lora",
+        "spt_adapter",
     ]
 }
 
@@ -107,7 +122,7 @@ def _batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _applied(tiny_backbone, name: str, seed: int = 0):
     model = tiny_backbone(NUM_CLASSES, seed)
-    method = methods.get(name)
+    method = give_sensitivity(methods.get(name), model, NUM_CLASSES)
     return method.apply(model), method
 
 
@@ -230,8 +245,9 @@ def test_trainable_state_round_trip(tiny_backbone, name, tmp_path):
     meta = read_metadata(path)
     assert meta["method"] == name and meta["hp"] == method.hp
     fresh, fresh_method = _applied(tiny_backbone, name)
-    fresh_method = methods.get(meta["method"], **meta["hp"])
-    fresh = fresh_method.apply(tiny_backbone(NUM_CLASSES))
+    fresh = tiny_backbone(NUM_CLASSES)
+    fresh_method = give_sensitivity(methods.get(meta["method"], **meta["hp"]), fresh, NUM_CLASSES)
+    fresh = fresh_method.apply(fresh)
     load_trainable(fresh, fresh_method, path)
     x, _ = _batch(2)
     torch.testing.assert_close(fresh.eval()(x), model.eval()(x), rtol=0, atol=0)

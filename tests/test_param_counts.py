@@ -12,6 +12,7 @@ import json
 import pytest
 import timm
 import torch
+from conftest import give_sensitivity
 from typer.testing import CliRunner
 
 from tuner import methods
@@ -36,6 +37,9 @@ VIT_B = {
     "repadapter": 0.24,
     "fact_tt": 0.02,
     "fact_tk": 0.09,
+    # SPT's default budget: 1 % of the eligible 85.1 M (the paper's range is 0.2–1.0 M)
+    "spt_lora": 0.85,
+    "spt_adapter": 0.85,
 }
 BACKBONES = ["vit_base_patch16_clip_224", "vit_base_patch14_dinov2", "vit_small_patch16_224"]
 
@@ -99,7 +103,7 @@ def test_forward_and_backward_on_a_real_vit_layout(small_vit_32, name):
     x = torch.randn(2, 3, 32, 32)
     reference = small_vit_32()(x)
     model = small_vit_32()
-    method = methods.get(name)
+    method = give_sensitivity(methods.get(name), model, 3)
     method.apply(model)
     out = model(x)
     assert out.shape == (2, 3)

@@ -62,6 +62,8 @@ from tuner.methods import (  # noqa: E402, F401, I001
     convpass,
     repadapter,
     fact,
+    spt_lora,
+    spt_adapter,
 )
 
 __all__ = [
