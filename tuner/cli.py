@@ -1,7 +1,7 @@
 """The ``petl-sweep`` command line (typer).
 
 ``run`` is the whole pipeline; the other commands expose its parts: the method registry
-(``methods``, ``params``), the synthetic data (``data synth``) and the tiny backbone's
+(``methods``, ``params``), the data (``data synth``, ``data check``) and the tiny backbone's
 pretraining (``pretrain``). Errors a user can fix print one clear message and exit 2.
 """
 
@@ -97,6 +97,27 @@ def methods() -> None:
 
 
 @app.command()
+def backbones(
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """List backbone presets with their timm name and preprocessing (nothing downloads)."""
+    from tuner.backbones import preset_table
+
+    rows = preset_table()
+    if as_json:
+        print(json.dumps(rows))
+        return
+    table = Table(title="backbone presets (any timm ViT name works too)")
+    for col in ("preset", "timm name", "input size", "mean", "std", "interpolation"):
+        table.add_column(col)
+    for r in rows:
+        stats = [", ".join(f"{v:.3f}" for v in r[k]) for k in ("mean", "std")]
+        size = "x".join(map(str, r["input_size"]))
+        table.add_row(r["preset"], r["timm_name"], size, *stats, r["interpolation"])
+    console.print(table)
+
+
+@app.command()
 def params(
     method: Annotated[str, typer.Option(help="registered method name")],
     backbone: Annotated[str, typer.Option(help="timm model name")] = "vit_base_patch16_224",
@@ -144,6 +165,18 @@ def data_synth(
         console.print(f"wrote {path}")
 
 
+@data_app.command("check")
+def data_check(
+    root: Annotated[Path, typer.Argument(help="data root (ROOT/vtab1k/<task>, ROOT/<task>, ...)")],
+    task: Annotated[list[str], typer.Option(help="only these tasks (id or name)")] = [],  # noqa: B006
+) -> None:
+    """Check every task under ROOT: splits, labels vs the registry, images; exit 1 on errors."""
+    from tuner.data.check import check_root, render
+
+    if not render(check_root(root, task or None), console):
+        raise typer.Exit(1)
+
+
 @app.command()
 def pretrain(
     out: Annotated[
@@ -169,3 +202,80 @@ def pretrain(
         kwargs["num_images"] = num_images
     metrics = run_pretrain(out or TINY_WEIGHTS, **kwargs)
     console.print(metrics)
+
+
+job_app = typer.Typer(no_args_is_help=True, help="Ray jobs on a cluster: status, logs, stop.")
+app.add_typer(job_app, name="job")
+AddressOpt = Annotated[
+    str,
+    typer.Option(envvar="RAY_API_SERVER_ADDRESS", help="Ray dashboard, e.g. http://HEAD:8265"),
+]
+TokenOpt = Annotated[
+    Path | None,
+    typer.Option(help="Ray auth token file (default: RAY_AUTH_TOKEN or ~/.ray/auth_token)"),
+]
+
+
+@app.command()
+def submit(
+    config: Annotated[Path, typer.Argument(help="sweep.yaml to run on the cluster")],
+    address: AddressOpt,
+    working_dir: Annotated[
+        Path | None, typer.Option(help="upload this folder (the project) with the job")
+    ] = None,
+    token_file: TokenOpt = None,
+    env: Annotated[list[str], typer.Option(help="KEY=VALUE for the job")] = [],  # noqa: B006
+    wait: Annotated[bool, typer.Option(help="follow the logs until the job ends")] = True,
+    timeout: Annotated[float | None, typer.Option(help="stop following after seconds")] = None,
+) -> None:
+    """Submit a sweep as a Ray job (``python -m tuner run sweep.yaml`` on the cluster)."""
+    from tuner.config import ConfigError
+    from tuner.submit import SubmitError, client_for
+    from tuner.submit import submit as submit_job
+    from tuner.submit import wait as wait_job
+
+    pairs = {}
+    for pair in env:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            _fail(f"--env expects KEY=VALUE, got {pair!r}")
+        pairs[key] = value
+    try:
+        job_id = submit_job(
+            config, address, working_dir=working_dir, token_file=token_file, env=pairs
+        )
+    except (ConfigError, FileNotFoundError, SubmitError) as err:
+        _fail(str(err))
+    console.print(f"submitted job [bold]{job_id}[/] to {address}")
+    if not wait:
+        return
+    client = client_for(address, token_file)
+    status = wait_job(client, job_id, timeout, on_logs=lambda text: print(text, end=""))
+    console.print(f"job {job_id}: {status}")
+    if status != "SUCCEEDED":
+        raise typer.Exit(1)
+
+
+@job_app.command("status")
+def job_status(job_id: str, address: AddressOpt, token_file: TokenOpt = None) -> None:
+    """Print a job's status."""
+    from tuner.submit import client_for
+
+    console.print(str(client_for(address, token_file).get_job_status(job_id)).rsplit(".", 1)[-1])
+
+
+@job_app.command("logs")
+def job_logs(job_id: str, address: AddressOpt, token_file: TokenOpt = None) -> None:
+    """Print a job's logs so far."""
+    from tuner.submit import client_for
+
+    print(client_for(address, token_file).get_job_logs(job_id), end="")
+
+
+@job_app.command("stop")
+def job_stop(job_id: str, address: AddressOpt, token_file: TokenOpt = None) -> None:
+    """Ask Ray to stop a running job."""
+    from tuner.submit import client_for
+
+    stopped = client_for(address, token_file).stop_job(job_id)
+    console.print(f"job {job_id}: {'stop requested' if stopped else 'not running'}")

@@ -1,0 +1,214 @@
+"""A real multi-node Ray cluster on 127.0.0.1: ``petl-sweep submit`` runs a sweep as a job.
+
+``ray start`` brings up a head and a worker node (one CPU each, token authentication on,
+as Ray 2.60 ships it), the sweep is submitted through the dashboard's job API, and the test
+checks what a user would: the job succeeded, trials ran on both nodes, and every study,
+trial, final run and the leaderboard reached MLflow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from tuner.cli import app
+from tuner.config import ConfigError
+from tuner.submit import SubmitError, client_for, submit, wait
+from tuner.tracking import TrackingService
+
+BIN = Path(sys.executable).parent
+TASK, METHODS, SAMPLES = "synth/count", ["linear", "lora"], 2
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _kill_cluster(marker: str) -> None:
+    """Stop only this cluster's processes (``ray stop`` would kill every Ray here)."""
+    victims = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if proc.name.isdigit() and marker in cmdline and int(proc.name) != os.getpid():
+            victims.append(int(proc.name))
+    for pid in victims:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    token = secrets.token_hex(32)
+    temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths
+    gcs, dashboard = _free_port(), _free_port()
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": token,
+        "PATH": f"{BIN}:{os.environ['PATH']}",  # the job's `python` is this venv's
+    }
+    common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
+
+    def own_ports() -> list[str]:
+        """Two nodes on one host must not share agent ports (separate machines would not)."""
+        return [
+            f"--dashboard-agent-listen-port={_free_port()}",
+            f"--dashboard-agent-grpc-port={_free_port()}",
+            f"--metrics-export-port={_free_port()}",
+        ]
+
+    head = [
+        str(BIN / "ray"),
+        "start",
+        "--head",
+        f"--port={gcs}",
+        "--include-dashboard=true",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard}",
+        f"--temp-dir={temp_dir}",
+        *common,
+        *own_ports(),
+    ]
+    # Each node keeps its own runtime-env folders, as separate machines would: two nodes
+    # sharing one folder would garbage-collect each other's unpacked job directories.
+    worker_dir = tempfile.mkdtemp(prefix="rw", dir="/tmp")
+    worker = [
+        str(BIN / "ray"),
+        "start",
+        f"--address=127.0.0.1:{gcs}",
+        f"--temp-dir={worker_dir}",
+        *common,
+        *own_ports(),
+    ]
+    try:
+        subprocess.run(head, env=env, check=True, timeout=180, capture_output=True)
+        subprocess.run(worker, env=env, check=True, timeout=180, capture_output=True)
+        yield {"address": f"http://127.0.0.1:{dashboard}", "token": token, "gcs": gcs}
+    finally:
+        _kill_cluster(temp_dir)
+        _kill_cluster(worker_dir)
+        _kill_cluster(f"127.0.0.1:{gcs}")
+
+
+@pytest.fixture
+def authed(cluster, monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", cluster["token"])
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    return cluster
+
+
+def _sweep_file(root: Path) -> Path:
+    sweep = {
+        "name": "cluster-job",
+        "tasks": [TASK],
+        "methods": METHODS,
+        "data_root": str(root / "data"),
+        "out_dir": str(root / "results"),
+        "tune": {
+            "num_samples": SAMPLES,
+            "max_epochs": 2,
+            "grace_period": 1,
+            "max_concurrent_trials": 2,
+        },
+        "final": {"seeds": 1},
+        "resources": {"cpus_per_trial": 1, "max_concurrent_studies": 2},
+        "ray": {"address": "auto"},
+    }
+    path = root / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    return path
+
+
+def _nodes(cluster) -> set[str]:
+    out = subprocess.run(
+        [str(BIN / "ray"), "list", "nodes", "--format=yaml", f"--address={cluster['address']}"],
+        env={**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": cluster["token"]},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    return {n["node_id"] for n in yaml.safe_load(out) if n["state"] == "ALIVE"}
+
+
+def test_sweep_job_spreads_trials_over_nodes_and_reaches_mlflow(authed, tmp_path):
+    assert len(_nodes(authed)) == 2
+    job_id = submit(_sweep_file(tmp_path), authed["address"])
+    client = client_for(authed["address"])
+    status = wait(client, job_id, timeout_s=900, poll_s=3)
+    logs = client.get_job_logs(job_id)
+    (tmp_path / "job.log").write_text(logs)
+    assert status == "SUCCEEDED", logs[-3000:]
+    assert "leaderboard" in logs.lower()
+
+    tracking = f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}"
+    runs = TrackingService(tracking, "cluster-job", create=False).search()
+    trials = [r for r in runs if "mlflow.parentRunId" in r["tags"]]
+    finals = [r for r in runs if r["tags"].get("stage") == "final"]
+    studies = [r for r in runs if r["tags"].get("stage") == "tune" and r not in trials]
+    assert sorted(r["tags"]["method"] for r in studies) == sorted(METHODS)
+    assert len(trials) == SAMPLES * len(METHODS)
+    assert len(finals) == len(METHODS) and all("test/acc" in r["metrics"] for r in finals)
+    assert [r["tags"]["stage"] for r in runs].count("leaderboard") == 1
+    trial_nodes = {r["tags"]["node"] for r in trials}
+    assert trial_nodes <= _nodes(authed)
+    assert len(trial_nodes | {r["tags"]["node"] for r in finals}) == 2, "trials on both nodes"
+    spread = {n[:8]: sum(r["tags"]["node"] == n for r in trials) for n in trial_nodes}
+    print(f"\njob {job_id}: trials per node {spread}")
+
+
+def test_submit_refuses_a_bad_sweep_before_uploading(authed, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ntasks: [synth/count]\nmethods: [lorra]\n")
+    with pytest.raises(ConfigError, match="lorra"):
+        submit(bad, authed["address"])
+
+
+def _list_jobs(address: str, token: str) -> subprocess.CompletedProcess:
+    """A fresh process: Ray caches the token it loaded once per process."""
+    code = f"from tuner.submit import client_for; print(len(client_for({address!r}).list_jobs()))"
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    env.pop("RAY_AUTH_TOKEN_PATH", None)
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_the_cluster_enforces_its_token(cluster):
+    good = _list_jobs(cluster["address"], cluster["token"])
+    assert good.returncode == 0, good.stderr[-2000:]
+    bad = _list_jobs(cluster["address"], "0" * 64)
+    assert bad.returncode != 0
+    assert re.search(r"(?i)auth|token|401|403|unauthori", bad.stderr), bad.stderr[-2000:]
+
+
+def test_token_auth_is_never_disabled(monkeypatch, tmp_path):
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    with pytest.raises(SubmitError, match="never disables"):
+        submit(_sweep_file(tmp_path), "http://127.0.0.1:1")
+
+
+def test_cli_job_status_of_an_unknown_job_fails(authed):
+    result = CliRunner().invoke(
+        app, ["job", "status", "no-such-job", "--address", authed["address"]]
+    )
+    assert result.exit_code != 0
+    assert "no-such-job" in str(result.exception) + result.output
