@@ -1,14 +1,16 @@
-"""User tasks, ``folder:<path>``: an image folder or a CSV/Parquet manifest, no registration.
+"""User tasks, ``folder:<path>``: a VTAB-layout folder, an image folder or a manifest.
 
-People bring their own data in one of two shapes that need no conversion step:
+People bring their own data in one of three shapes that need no conversion step:
 
+* a folder in the VTAB-1k layout (``train800.txt`` ... ``test.txt``, as ``petl-sweep data
+  synth`` writes), the class count being the largest label + 1;
 * an image folder ``<path>/{train,val,test}/<class name>/*.{png,jpg,jpeg}``; the classes are
   the sorted class folder names of ``train`` and val/test may only use those;
 * a manifest ``<path>.csv`` / ``<path>.parquet`` with columns ``path,label,split`` (paths
   relative to the manifest's folder, ``split`` one of train/val/test). An integer ``label``
   column is used as is; a string column holds class names, numbered by sorted train names.
 
-Both become the same cache items as every other layout. Every problem is a DataError naming
+All three become the same cache items as every other layout. Every problem is a DataError naming
 the file (and CSV line or Parquet row) and what was expected.
 """
 
@@ -168,6 +170,8 @@ def read_folder_task(path: Path) -> FolderTask:
     path = Path(path)
     if path.is_file() and path.suffix.lower() in (".csv", ".parquet"):
         return read_manifest(path)
+    if path.is_dir() and (path / "train800.txt").exists():
+        return read_vtab_folder(path)
     if path.is_dir():
         return read_image_folder(path)
     raise DataError(
@@ -176,10 +180,23 @@ def read_folder_task(path: Path) -> FolderTask:
     )
 
 
+def read_vtab_folder(path: Path) -> FolderTask:
+    """A user task already in the VTAB-1k layout (e.g. written by ``petl-sweep data synth``):
+    the four split files; the class count is the largest label + 1."""
+    from tuner.data.cache import vtab_items
+    from tuner.data.vtab import split_path
+
+    names = {"train": "train800", "val": "val200", "trainval": "train800val200", "test": "test"}
+    items = {ours: vtab_items(path, theirs) for ours, theirs in names.items()}
+    labels = {label for split in items.values() for _, label, _ in split}
+    files = [split_path(path, theirs) for theirs in names.values()]
+    return FolderTask(items, max(labels) + 1, None, files)
+
+
 def folder_classes(path: Path) -> tuple[int, tuple[str, ...] | None]:
     """``(num_classes, class names)`` of a user task, listing as little as it can."""
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() and not (path / "train800.txt").exists():
         classes = image_folder_classes(path)
         return len(classes), classes
     task = read_folder_task(path)
