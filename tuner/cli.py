@@ -45,6 +45,10 @@ def run(
         list[str], typer.Option("--set", help="override, e.g. tune.num_samples=4")
     ] = [],  # noqa: B006
     progress: Annotated[bool, typer.Option(help="live progress table")] = True,
+    resume: Annotated[
+        bool,
+        typer.Option(help="continue interrupted studies with Tuner.restore (finished trials stay)"),
+    ] = False,
 ) -> None:
     """Tune every (task, method), retrain the best configs, print the leaderboard."""
     from tuner.config import ConfigError, load_config
@@ -55,7 +59,7 @@ def run(
         _fail(str(err))
     from tuner.pipeline import run_pipeline
 
-    run_pipeline(cfg, console, live=progress and console.is_terminal)
+    run_pipeline(cfg, console, live=progress and console.is_terminal, resume=resume)
 
 
 @app.command()

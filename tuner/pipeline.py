@@ -18,7 +18,9 @@ from tuner.progress import render
 from tuner.sweep import run_sweep, tracking_uri
 
 
-def run_pipeline(cfg: SweepConfig, console: Console, live: bool = True) -> dict[str, Any]:
+def run_pipeline(
+    cfg: SweepConfig, console: Console, live: bool = True, resume: bool = False
+) -> dict[str, Any]:
     """Run the sweep, write and log the leaderboard, print where everything is."""
     out_dir = Path(cfg.out_dir) / cfg.name
     console.print(
@@ -33,7 +35,7 @@ def run_pipeline(cfg: SweepConfig, console: Console, live: bool = True) -> dict[
             if live:
                 display.update(render(snapshot, cfg.name), refresh=True)
 
-        result = run_sweep(cfg, on_tick=tick)
+        result = run_sweep(cfg, on_tick=tick, resume=resume)
         display.update(render(last, cfg.name), refresh=True)
     try:
         paths, tracker = build(

@@ -29,7 +29,6 @@ import optuna
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search.optuna import OptunaSearch
 
 from tuner import methods
 from tuner.allocation_report import allocation_bytes, allocation_png
@@ -43,20 +42,13 @@ from tuner.spaces import Domain, load_space
 from tuner.tracking import TrackingService, default_tracking_uri
 from tuner.train import Trainer, TrialSpec, train_one
 from tuner.trainable import tune_trainable
-
-METRIC = "val/acc"
-#: Result keys worth logging to MLflow (Ray adds many bookkeeping fields).
-LOGGED = (
-    "train/loss",
-    "train/acc",
-    "val/acc",
-    "test/acc",
-    "epoch_time_s",
-    "lr",
-    "diverged",
-    "trainable_params",
-    "trainable_params_without_head",
-    "sensitivity_reused",
+from tuner.tune_hooks import (
+    LOGGED,
+    METRIC,
+    HonestOptunaSearch,
+    MLflowTrialCallback,
+    actor_name,
+    trial_outcome,
 )
 
 
@@ -121,109 +113,6 @@ def to_ray_space(space: dict[str, Domain], grid: bool) -> dict[str, Any]:
     return out
 
 
-def trial_outcome(result: dict[str, Any] | None, max_epochs: int) -> str:
-    """completed / stopped_early (by ASHA) / diverged / error, from a trial's last result."""
-    if not result:
-        return "error"
-    if result.get("diverged"):
-        return "diverged"
-    if int(result.get("training_iteration", 0)) < max_epochs:
-        return "stopped_early"
-    return "completed"
-
-
-class HonestOptunaSearch(OptunaSearch):
-    """OptunaSearch that reports ASHA-stopped trials to Optuna as PRUNED, not COMPLETE."""
-
-    def __init__(self, *args: Any, max_epochs: int, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.max_epochs = max_epochs
-        self.told: dict[str, str] = {}
-
-    def on_trial_complete(
-        self, trial_id: str, result: dict | None = None, error: bool = False
-    ) -> None:
-        outcome = trial_outcome(result, self.max_epochs)
-        if not error and outcome == "stopped_early" and trial_id not in self._completed_trials:
-            self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
-            self._completed_trials.add(trial_id)
-            self.told[trial_id] = "PRUNED"
-            return
-        super().on_trial_complete(trial_id, result, error)
-        state = self._ot_study.trials[-1].state if self._ot_study.trials else None
-        self.told[trial_id] = state.name if state is not None else "UNKNOWN"
-
-    def trial_states(self) -> dict[str, int]:
-        """How Optuna recorded every trial: counts by state name."""
-        counts: dict[str, int] = {}
-        for t in self._ot_study.trials:
-            counts[t.state.name] = counts.get(t.state.name, 0) + 1
-        return counts
-
-
-class MLflowTrialCallback(tune.Callback):
-    """Child MLflow run per trial under the study's parent run, one ``log_batch`` per epoch."""
-
-    def __init__(
-        self,
-        tracker: Any,
-        study: StudySpec,
-        tags: dict[str, str],
-        max_epochs: int,
-        board: Any,
-        devices: float,
-    ) -> None:
-        self.tracker, self.study, self.tags = tracker, study, tags
-        self.max_epochs, self.board, self.devices = max_epochs, board, devices
-        self.started: set[str] = set()
-
-    def _key(self, trial: Any) -> str:
-        return f"{self.study.key}/{trial.trial_id}"
-
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if trial.trial_id in self.started:
-            return
-        self.started.add(trial.trial_id)
-        params = {**self.study.fixed, **trial.config}
-        self.tracker.start_run.remote(
-            self._key(trial),
-            f"trial_{trial.trial_id}",
-            {**self.tags, "trial_id": trial.trial_id},
-            params=params,
-            parent=self.study.key,
-        )
-        self.board.trial_started.remote(self.study.key)
-
-    def on_trial_result(
-        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
-    ) -> None:
-        metrics = {k: result[k] for k in LOGGED if k in result}
-        self.tracker.log_metrics.remote(
-            self._key(trial), metrics, int(result["training_iteration"])
-        )
-        if METRIC in result and not result.get("diverged"):
-            self.board.trial_result.remote(self.study.key, float(result[METRIC]))
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        outcome = trial_outcome(trial.last_result, self.max_epochs)
-        hours = trial.last_result.get("time_total_s", 0.0) * self.devices / 3600
-        self.tracker.log_metrics.remote(self._key(trial), {"device_hours": hours}, 0)
-        self.tracker.end_run.remote(
-            self._key(trial),
-            "FAILED" if outcome == "diverged" else "FINISHED",
-            {
-                "outcome": outcome,
-                "epochs_run": trial.last_result.get("training_iteration", 0),
-                "node": trial.last_result.get("node_id", ""),
-            },
-        )
-        self.board.trial_done.remote(self.study.key, outcome)
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.tracker.end_run.remote(self._key(trial), "FAILED", {"outcome": "error"})
-        self.board.trial_done.remote(self.study.key, "error")
-
-
 def select_best(trials: list[dict[str, Any]], max_epochs: int) -> dict[str, Any] | None:
     """Best trial by *final-epoch* val accuracy among trials that ran every epoch.
 
@@ -265,8 +154,14 @@ def devices_per_trial(cfg: SweepConfig) -> float:
     return cfg.resources.gpus_per_trial or cfg.resources.cpus_per_trial
 
 
-def run_study(cfg: SweepConfig, study: StudySpec, tracker: Any, board: Any) -> dict[str, Any]:
-    """One Ray Tune ``Tuner.fit`` for one (task, method): runs inside a Ray task."""
+def run_study(
+    cfg: SweepConfig, study: StudySpec, tracker: Any, board: Any, resume: bool = False
+) -> dict[str, Any]:
+    """One Ray Tune ``Tuner.fit`` for one (task, method): runs inside a Ray task.
+
+    ``resume``: continue the study's interrupted Ray Tune experiment (``Tuner.restore``)
+    instead of starting a new one, when its state is in ``storage_path``.
+    """
     grid = cfg.search.space == "published_grid"
     tags = {
         "task": study.task,
@@ -309,36 +204,56 @@ def run_study(cfg: SweepConfig, study: StudySpec, tracker: Any, board: Any) -> d
         tune.with_parameters(tune_trainable, spec=spec, checkpoint_every=cfg.tune.checkpoint_every),
         {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial},
     )
-    tuner = tune.Tuner(
-        trainable,
-        param_space=param_space,
-        tune_config=tune.TuneConfig(
-            search_alg=searcher,
-            scheduler=ASHAScheduler(
-                time_attr="training_iteration",
-                metric=METRIC,
-                mode="max",
-                max_t=cfg.tune.max_epochs,
-                grace_period=cfg.tune.grace_period,
-                reduction_factor=cfg.tune.reduction_factor,
+    run_name = f"{cfg.name}__{study.dirname}"
+    experiment = f"{storage_path(cfg).rstrip('/')}/{run_name}"
+    if resume and tune.Tuner.can_restore(experiment):
+        # Finished trials stay finished; unfinished and errored ones continue from their
+        # last checkpoint; the searcher and ASHA come back with their state.
+        tuner = tune.Tuner.restore(
+            experiment,
+            trainable,
+            resume_unfinished=True,
+            resume_errored=True,
+            param_space=param_space,
+        )
+        ray.get(tracker.set_tags.remote(study.key, {"resumed": "true"}))
+        searcher = restored_searcher(tuner, searcher)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(
+                search_alg=searcher,
+                scheduler=ASHAScheduler(
+                    time_attr="training_iteration",
+                    metric=METRIC,
+                    mode="max",
+                    max_t=cfg.tune.max_epochs,
+                    grace_period=cfg.tune.grace_period,
+                    reduction_factor=cfg.tune.reduction_factor,
+                ),
+                num_samples=1 if grid else cfg.tune.num_samples,
+                max_concurrent_trials=cfg.tune.max_concurrent_trials,
+                reuse_actors=True,
             ),
-            num_samples=1 if grid else cfg.tune.num_samples,
-            max_concurrent_trials=cfg.tune.max_concurrent_trials,
-            reuse_actors=True,
-        ),
-        run_config=tune.RunConfig(
-            name=f"{cfg.name}__{study.dirname}",
-            storage_path=storage_path(cfg),
-            callbacks=[
-                MLflowTrialCallback(
-                    tracker, study, tags, cfg.tune.max_epochs, board, devices_per_trial(cfg)
-                )
-            ],
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            failure_config=tune.FailureConfig(max_failures=1),
-            verbose=0,
-        ),
-    )
+            run_config=tune.RunConfig(
+                name=run_name,
+                storage_path=storage_path(cfg),
+                callbacks=[
+                    MLflowTrialCallback(
+                        cfg.name,
+                        study.key,
+                        study.fixed,
+                        tags,
+                        cfg.tune.max_epochs,
+                        devices_per_trial(cfg),
+                    )
+                ],
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                failure_config=tune.FailureConfig(max_failures=1),
+                verbose=0,
+            ),
+        )
     started = time.time()
     grid_results = tuner.fit()
     trials = []
@@ -355,6 +270,8 @@ def run_study(cfg: SweepConfig, study: StudySpec, tracker: Any, board: Any) -> d
                 "outcome": "error" if res.error else trial_outcome(last, cfg.tune.max_epochs),
             }
         )
+    if resume:
+        ray.get(tracker.end_lost_trials.remote(study.key, {t["trial_id"] for t in trials}))
     best = select_best(trials, cfg.tune.max_epochs)
     summary = {
         "study": study.key,
@@ -439,6 +356,18 @@ def study_sensitivity(cfg: SweepConfig, spec: dict[str, Any], tracker: Any, key:
     ray.get(tracker.log_params.remote(key, {"sensitivity.key": cache_key}))
     ray.get(tracker.set_tags.remote(key, {"sensitivity.source": source}))
     return ray.get(tracker.artifact_uri.remote(key, f"sensitivity/{filename}"))
+
+
+def restored_searcher(tuner: Any, fallback: Any) -> Any:
+    """The searcher a restored Tuner carries (its Optuna study holds every earlier trial).
+
+    Ray keeps it in the Tuner's tune config and may wrap it in a concurrency limiter; if
+    that layout ever changes, the fresh searcher is returned (its state counts are empty).
+    """
+    local = getattr(tuner, "_local_tuner", None)
+    alg = getattr(getattr(local, "_tune_config", None), "search_alg", None)
+    alg = getattr(alg, "searcher", alg)
+    return alg if isinstance(alg, HonestOptunaSearch) else fallback
 
 
 def storage_path(cfg: SweepConfig) -> str:
@@ -539,18 +468,21 @@ def final_hash(cfg: SweepConfig, summary: dict[str, Any], seed_index: int) -> st
     ]
 
 
-def finished_study(tracker: Any, study: StudySpec) -> dict[str, Any] | None:
+def finished_study(tracker: Any, study: StudySpec, resume: bool = False) -> dict[str, Any] | None:
     """The summary of an identical study already finished in MLflow, if any."""
     runs = ray.get(tracker.find.remote({"study_hash": study.hash, "stage": "tune"}))
     parents = [r for r in runs if "mlflow.parentRunId" not in r["tags"]]
     if not parents:
-        ray.get(tracker.mark_stale.remote({"study_hash": study.hash}))
+        if not resume:  # a resumed study continues its RUNNING runs instead
+            ray.get(tracker.mark_stale.remote({"study_hash": study.hash}))
         return None
     return ray.get(tracker.load_dict.remote(parents[0]["run_id"], "summary.json"))
 
 
 def run_sweep(
-    cfg: SweepConfig, on_tick: Callable[[dict[str, Any]], None] | None = None
+    cfg: SweepConfig,
+    on_tick: Callable[[dict[str, Any]], None] | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Run every study and its final retrains; returns study summaries and final results.
 
@@ -564,11 +496,15 @@ def run_sweep(
     for study in studies:
         study.dataset = datasets[study.task]
         study.hash = study_hash(cfg, study)
-    tracker = ray.remote(num_cpus=0)(TrackingService).remote(
-        tracking_uri(cfg), cfg.experiment, artifact_root(cfg)
+    tracker = (
+        ray.remote(num_cpus=0)(TrackingService)
+        .options(name=actor_name(cfg.name, "tracker"))
+        .remote(tracking_uri(cfg), cfg.experiment, artifact_root(cfg), resume=resume)
     )
-    board = ray.remote(num_cpus=0)(ProgressBoard).remote(
-        [s.key for s in studies], cfg.tune.num_samples
+    board = (
+        ray.remote(num_cpus=0)(ProgressBoard)
+        .options(name=actor_name(cfg.name, "board"))
+        .remote([s.key for s in studies], cfg.tune.num_samples)
     )
     study_task = ray.remote(num_cpus=0, max_retries=0)(run_study)
     final_task = ray.remote(max_retries=1)(run_final).options(
@@ -602,7 +538,7 @@ def run_sweep(
 
     queue = []
     for study in studies:
-        cached = finished_study(tracker, study)
+        cached = finished_study(tracker, study, resume)
         if cached is None:
             queue.append(study)
         else:
@@ -611,7 +547,7 @@ def run_sweep(
     while queue or running or finals:
         while queue and len(running) < limit:
             study = queue.pop(0)
-            running[study_task.remote(cfg, study, tracker, board)] = study
+            running[study_task.remote(cfg, study, tracker, board, resume)] = study
         ready, _ = ray.wait(list(running) + list(finals), num_returns=1, timeout=0.5)
         for ref in ready:
             if ref in running:

@@ -28,6 +28,10 @@ _MAX_PARAMS_PER_BATCH = 100
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
+#: Tag holding our key of a run (``task:method``, ``task:method/trial_id``): resume finds it.
+RUN_KEY = "petl.key"
+
+
 def default_tracking_uri(out_dir: Path) -> str:
     """SQLite database under the sweep's output directory (absolute: workers may cd)."""
     return f"sqlite:///{(Path(out_dir).resolve() / 'mlflow.db')}"
@@ -58,6 +62,7 @@ class TrackingService:
         experiment: str,
         artifact_root: str | None = None,
         create: bool = True,
+        resume: bool = False,
     ):
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.tracking_uri = tracking_uri
@@ -71,6 +76,8 @@ class TrackingService:
         else:
             self.experiment_id = found.experiment_id
         self.runs: dict[str, str] = {}
+        #: Resuming: ``start_run`` continues a RUNNING run with the same key (crash leftover).
+        self.resume = resume
 
     # -- runs -----------------------------------------------------------------------------
     def start_run(
@@ -82,7 +89,12 @@ class TrackingService:
         parent: str | None = None,
     ) -> str:
         """Create a run under our ``key``; ``parent`` is another key (nesting)."""
-        all_tags = {MLFLOW_RUN_NAME: name, **{k: str(v) for k, v in tags.items()}}
+        all_tags = {MLFLOW_RUN_NAME: name, RUN_KEY: key, **{k: str(v) for k, v in tags.items()}}
+        if self.resume:
+            left = self.find({RUN_KEY: key}, status="RUNNING")
+            if left:
+                self.runs[key] = left[0]["run_id"]
+                return left[0]["run_id"]
         if parent is not None:
             all_tags[MLFLOW_PARENT_RUN_ID] = self.runs[parent]
         run = self.client.create_run(self.experiment_id, tags=all_tags, run_name=name)
@@ -215,6 +227,19 @@ class TrackingService:
         for run in stale:
             self.client.set_terminated(run["run_id"], status="KILLED")
         return len(stale)
+
+    def end_lost_trials(self, study: str, kept: set[str]) -> int:
+        """After a resume: end trial runs the restored experiment does not know (a trial
+        started just before the crash, before Ray Tune saved its state) as KILLED/lost."""
+        lost = [
+            run
+            for run in self.find({"study": study, "stage": "tune"}, status="RUNNING")
+            if run["tags"].get("trial_id") and run["tags"]["trial_id"] not in kept
+        ]
+        for run in lost:
+            self.client.set_tag(run["run_id"], "outcome", "lost")
+            self.client.set_terminated(run["run_id"], status="KILLED")
+        return len(lost)
 
     def metric_history(self, run_id: str, name: str) -> list[tuple[int, float]]:
         return [(m.step, m.value) for m in self.client.get_metric_history(run_id, name)]
