@@ -21,11 +21,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from typer.testing import CliRunner
 
-from tuner.cli import app
 from tuner.config import ConfigError
-from tuner.submit import SubmitError, client_for, submit, wait
+from tuner.submit import SubmitError, submit
 from tuner.tracking import TrackingService
 
 BIN = Path(sys.executable).parent
@@ -149,15 +147,28 @@ def _nodes(cluster) -> set[str]:
     return {n["node_id"] for n in yaml.safe_load(out) if n["state"] == "ALIVE"}
 
 
-def test_sweep_job_spreads_trials_over_nodes_and_reaches_mlflow(authed, tmp_path):
-    assert len(_nodes(authed)) == 2
-    job_id = submit(_sweep_file(tmp_path), authed["address"])
-    client = client_for(authed["address"])
-    status = wait(client, job_id, timeout_s=900, poll_s=3)
-    logs = client.get_job_logs(job_id)
-    (tmp_path / "job.log").write_text(logs)
-    assert status == "SUCCEEDED", logs[-3000:]
-    assert "leaderboard" in logs.lower()
+def _cli(cluster, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    """``petl-sweep`` as a user runs it: a fresh process (Ray caches its auth settings
+    per process), with the cluster's token in the environment."""
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": cluster["token"]}
+    env.pop("RAY_AUTH_TOKEN_PATH", None)
+    return subprocess.run(
+        [str(BIN / "petl-sweep"), *args, "--address", cluster["address"]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_sweep_job_spreads_trials_over_nodes_and_reaches_mlflow(cluster, tmp_path):
+    assert len(_nodes(cluster)) == 2
+    run = _cli(cluster, "submit", str(_sweep_file(tmp_path)), "--timeout", "850")
+    (tmp_path / "job.log").write_text(run.stdout + run.stderr)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    job_id = re.search(r"submitted job (\S+)", run.stdout).group(1)
+    assert f"job {job_id}: SUCCEEDED" in run.stdout
+    assert "leaderboard" in run.stdout.lower()
 
     tracking = f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}"
     runs = TrackingService(tracking, "cluster-job", create=False).search()
@@ -169,10 +180,16 @@ def test_sweep_job_spreads_trials_over_nodes_and_reaches_mlflow(authed, tmp_path
     assert len(finals) == len(METHODS) and all("test/acc" in r["metrics"] for r in finals)
     assert [r["tags"]["stage"] for r in runs].count("leaderboard") == 1
     trial_nodes = {r["tags"]["node"] for r in trials}
-    assert trial_nodes <= _nodes(authed)
+    assert trial_nodes <= _nodes(cluster)
     assert len(trial_nodes | {r["tags"]["node"] for r in finals}) == 2, "trials on both nodes"
     spread = {n[:8]: sum(r["tags"]["node"] == n for r in trials) for n in trial_nodes}
     print(f"\njob {job_id}: trials per node {spread}")
+
+    status = _cli(cluster, "job", "status", job_id, timeout=120)
+    assert status.returncode == 0 and status.stdout.strip() == "SUCCEEDED", status.stderr
+    logs = _cli(cluster, "job", "logs", job_id, timeout=120)
+    assert "Running entrypoint for job" in logs.stdout
+    assert "python -m tuner run sweep.yaml" in logs.stdout
 
 
 def test_submit_refuses_a_bad_sweep_before_uploading(authed, tmp_path):
@@ -206,9 +223,7 @@ def test_token_auth_is_never_disabled(monkeypatch, tmp_path):
         submit(_sweep_file(tmp_path), "http://127.0.0.1:1")
 
 
-def test_cli_job_status_of_an_unknown_job_fails(authed):
-    result = CliRunner().invoke(
-        app, ["job", "status", "no-such-job", "--address", authed["address"]]
-    )
-    assert result.exit_code != 0
-    assert "no-such-job" in str(result.exception) + result.output
+def test_cli_job_status_of_an_unknown_job_fails(cluster):
+    result = _cli(cluster, "job", "status", "no-such-job", timeout=120)
+    assert result.returncode != 0
+    assert "no-such-job" in result.stdout + result.stderr

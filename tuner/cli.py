@@ -260,26 +260,31 @@ def submit(
         raise typer.Exit(1)
 
 
+def _job_call(address: str, token_file: Path | None, call: str, job_id: str) -> Any:
+    """One JobSubmissionClient call; Ray's errors (unknown job, bad token) exit cleanly."""
+    from tuner.submit import SubmitError, client_for
+
+    try:
+        return getattr(client_for(address, token_file), call)(job_id)
+    except (RuntimeError, SubmitError) as err:
+        _fail(f"job {job_id} at {address}: {err}")
+
+
 @job_app.command("status")
 def job_status(job_id: str, address: AddressOpt, token_file: TokenOpt = None) -> None:
     """Print a job's status."""
-    from tuner.submit import client_for
-
-    console.print(str(client_for(address, token_file).get_job_status(job_id)).rsplit(".", 1)[-1])
+    status = _job_call(address, token_file, "get_job_status", job_id)
+    console.print(str(status).rsplit(".", 1)[-1])
 
 
 @job_app.command("logs")
 def job_logs(job_id: str, address: AddressOpt, token_file: TokenOpt = None) -> None:
     """Print a job's logs so far."""
-    from tuner.submit import client_for
-
-    print(client_for(address, token_file).get_job_logs(job_id), end="")
+    print(_job_call(address, token_file, "get_job_logs", job_id), end="")
 
 
 @job_app.command("stop")
 def job_stop(job_id: str, address: AddressOpt, token_file: TokenOpt = None) -> None:
     """Ask Ray to stop a running job."""
-    from tuner.submit import client_for
-
-    stopped = client_for(address, token_file).stop_job(job_id)
+    stopped = _job_call(address, token_file, "stop_job", job_id)
     console.print(f"job {job_id}: {'stop requested' if stopped else 'not running'}")

@@ -1,11 +1,12 @@
 """Plan → Ray Tune studies (Optuna TPE + ASHA) → final retrains → leaderboard.
 
-This is the one module where Ray, Optuna and MLflow meet. Each (task, method) is its own
+Ray, Optuna and MLflow meet only in the sweep layer: this module, ``tuner.tune_hooks`` (the
+searcher and the MLflow trial callback) and ``tuner.final_stage``. Each (task, method) is its own
 study with its own equal budget, its own seeded TPE sampler and its own ASHA brackets.
 Studies run as Ray tasks, several at once, so the cluster stays busy while a study's last
 trial finishes; a study's final retrains start as soon as that study is done.
 
-Two traps are handled here:
+Two traps are handled in the layer:
 * Ray lets a non-random searcher keep one trial pending unless ``max_concurrent_trials``
   is set, so it always is.
 * Ray hands a trial that ASHA stopped to Optuna as *complete* with its truncated score, so
@@ -31,19 +32,17 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
 from tuner import methods
-from tuner.allocation_report import allocation_bytes, allocation_png
-from tuner.allocation_report import summary as allocation_summary
-from tuner.artifacts import environment_info, predictions_bytes, trainable_bytes
 from tuner.backbones import resolve_backbone
 from tuner.checkpoints import fingerprint as weights_fingerprint
 from tuner.config import SweepConfig
+from tuner.final_stage import final_hash, log_final, run_final
 from tuner.progress import ProgressBoard
 from tuner.spaces import Domain, load_space
 from tuner.tracking import TrackingService, default_tracking_uri
-from tuner.train import Trainer, TrialSpec, train_one
+from tuner.train import Trainer, TrialSpec
 from tuner.trainable import tune_trainable
+from tuner.trial_specs import devices_per_trial, trial_spec
 from tuner.tune_hooks import (
-    LOGGED,
     METRIC,
     HonestOptunaSearch,
     MLflowTrialCallback,
@@ -122,36 +121,6 @@ def select_best(trials: list[dict[str, Any]], max_epochs: int) -> dict[str, Any]
     if not finished:
         return None
     return min(finished, key=lambda t: (-t["val_acc"], t.get("trainable_params", 0), t["index"]))
-
-
-def trial_spec(
-    cfg: SweepConfig, task: str, method: str, hp: dict[str, Any], stage: str, seed: int
-) -> TrialSpec:
-    """The fixed part of a run, from the sweep config: the same for tune and final stages."""
-    return TrialSpec(
-        task=task,
-        method=method,
-        hp=hp,
-        backbone=cfg.backbone,
-        pretrained=cfg.train.pretrained,
-        weights=cfg.backbone_weights,
-        normalize=cfg.train.normalize,
-        stage=stage,  # type: ignore[arg-type]
-        epochs=cfg.tune.max_epochs if stage == "tune" else cfg.final_epochs,
-        batch_size=cfg.train.batch_size,
-        warmup_epochs=cfg.train.warmup_epochs,
-        label_smoothing=cfg.train.label_smoothing,
-        seed=seed,
-        data_root=str(Path(cfg.data_root).resolve()),
-        threads=max(1, math.floor(cfg.resources.cpus_per_trial)),
-        sensitivity_seed=cfg.seed,
-        shifts=dict(cfg.shifts.get(task, {})),
-    )
-
-
-def devices_per_trial(cfg: SweepConfig) -> float:
-    """What a trial holds, for device-hours: its GPUs, or its CPU cores without GPUs."""
-    return cfg.resources.gpus_per_trial or cfg.resources.cpus_per_trial
 
 
 def run_study(
@@ -311,26 +280,6 @@ def run_study(
     return summary
 
 
-def run_final(cfg: SweepConfig, study: dict[str, Any], seed_index: int) -> dict[str, Any]:
-    """Retrain the study's best config on train800val200 and report test accuracy."""
-    best = study["best"]
-    spec = trial_spec(
-        cfg, study["task"], study["method"], best["config"], "final", cfg.seed + 1000 + seed_index
-    )
-    spec.sensitivity_uri = study.get("sensitivity_uri")
-    started = time.time()
-    result = train_one(spec)
-    result.update(
-        spec=spec.to_dict(),
-        study=study["study"],
-        seed_index=seed_index,
-        wall_s=time.time() - started,
-        environment=environment_info(),
-        node_id=ray.get_runtime_context().get_node_id(),
-    )
-    return result
-
-
 def _sensitivity_pass(spec: dict[str, Any]) -> tuple[str, str, bytes]:
     """Build the study's first trial (which computes and caches the scores); return the
     cache key, where the scores came from, and the file's bytes (for MLflow)."""
@@ -459,15 +408,6 @@ def study_hash(cfg: SweepConfig, study: StudySpec) -> str:
     ]
 
 
-def final_hash(cfg: SweepConfig, summary: dict[str, Any], seed_index: int) -> str:
-    shifts = cfg.shifts.get(summary["task"], {})
-    content = [summary["study_hash"], summary["best"]["config"], cfg.final_epochs, seed_index]
-    content += [shifts] if shifts else []
-    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[
-        :20
-    ]
-
-
 def finished_study(tracker: Any, study: StudySpec, resume: bool = False) -> dict[str, Any] | None:
     """The summary of an identical study already finished in MLflow, if any."""
     runs = ray.get(tracker.find.remote({"study_hash": study.hash, "stage": "tune"}))
@@ -557,7 +497,7 @@ def run_sweep(
             study_key, key = finals.pop(ref)
             result = ray.get(ref)
             result["final_hash"] = key
-            _log_final(cfg, tracker, result, datasets[result["spec"]["task"]])
+            log_final(cfg, tracker, result, datasets[result["spec"]["task"]])
             final_results.append(result)
             seeds = [r["test/acc"] for r in final_results if r["study"] == study_key]
             left = any(study == study_key for study, _ in finals.values())
@@ -575,82 +515,3 @@ def run_sweep(
         "tracker": tracker,
         "wall_s": time.time() - started,
     }
-
-
-def _log_final(
-    cfg: SweepConfig, tracker: Any, result: dict[str, Any], dataset: dict[str, Any]
-) -> None:
-    """A final run: params, per-epoch training metrics, test/acc once, and artifacts."""
-    spec = result["spec"]
-    key = f"final/{result['study']}/{result['seed_index']}"
-    tags = {
-        "task": spec["task"],
-        "method": spec["method"],
-        "backbone": cfg.backbone,
-        "stage": "final",
-        "study": result["study"],
-        "sweep": cfg.name,
-        "seed": spec["seed"],
-        "device": result["environment"]["device"],
-        "git_sha": result["environment"]["git_sha"],
-        "final_hash": result["final_hash"],
-        "node": result.get("node_id", ""),
-    }
-    name = f"final {result['study']} seed{result['seed_index']}"
-    ray.get(
-        tracker.start_run.remote(
-            key,
-            name,
-            tags,
-            params={
-                **spec["hp"],
-                "seed": spec["seed"],
-                "epochs": spec["epochs"],
-                "batch_size": spec["batch_size"],
-            },
-        )
-    )
-    tracker.log_dataset.remote(key, dataset, "final")
-    for epoch in result["history"]:
-        step = int(epoch["epoch"])
-        logged = {k: v for k, v in epoch.items() if k in LOGGED and k != "test/acc"}
-        tracker.log_metrics.remote(key, logged, step)
-    tracker.log_metrics.remote(
-        key,
-        {
-            "test/acc": result["test/acc"],
-            "trainable_params": result["trainable_params"],
-            "trainable_params_without_head": result["trainable_params_without_head"],
-            "wall_s": result["wall_s"],
-            "peak_memory_mb": result["peak_memory_mb"],
-            **{k: v for k, v in result.items() if k.startswith("shift/")},
-            "device_hours": result["wall_s"] * devices_per_trial(cfg) / 3600,
-        },
-        int(spec["epochs"]),
-    )
-    logits, labels = result["predictions"]
-    tracker.log_artifact_bytes.remote(
-        key, "test_predictions.parquet", predictions_bytes(logits, labels)
-    )
-    tracker.log_artifact_bytes.remote(
-        key,
-        "trainable.safetensors",
-        trainable_bytes(
-            result["trainable_state"],
-            {
-                "method": spec["method"],
-                "hp": spec["hp"],
-                "backbone": spec["backbone"],
-                "task": spec["task"],
-            },
-        ),
-    )
-    tracker.log_dict.remote(key, {k: v for k, v in spec.items()}, "config.json")
-    if result.get("allocation"):
-        rows = result["allocation"]
-        title = f"{spec['method']} on {spec['task']}"
-        tracker.log_artifact_bytes.remote(key, "allocation.parquet", allocation_bytes(rows))
-        tracker.log_artifact_bytes.remote(key, "allocation.png", allocation_png(rows, title))
-        tracker.log_metrics.remote(key, allocation_summary(rows), int(spec["epochs"]))
-    tracker.log_dict.remote(key, result["environment"], "environment.json")
-    ray.get(tracker.end_run.remote(key, "FINISHED", {"outcome": "completed"}))
