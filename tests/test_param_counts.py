@@ -157,3 +157,10 @@ def test_cli_methods_and_params():
     assert info["trainable_without_head"] == 12 * 8 * (768 + 3 * 768)
     bad = runner.invoke(app, ["params", "--method", "lorra"])
     assert bad.exit_code == 2 and "valid:" in bad.output
+
+
+def test_params_resolve_backbone_presets():
+    """A preset name counts like its timm name (no download: meta device)."""
+    preset = count_params("lora", "clip_vit_b16", 10)
+    named = count_params("lora", "vit_base_patch16_clip_224.openai", 10)
+    assert preset["trainable_total"] == named["trainable_total"] > 0

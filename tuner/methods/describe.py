@@ -7,7 +7,7 @@ from typing import Any
 import timm
 import torch
 
-import tuner.backbones  # noqa: F401 - registers the tiny ViT with timm
+from tuner.backbones import resolve_backbone  # also registers the tiny ViT with timm
 from tuner.methods import get, list_methods, method_class
 from tuner.methods.base import count_trainable
 
@@ -54,7 +54,9 @@ def count_params(
     instance = get(method, **hp)
     try:
         with torch.device("meta"):
-            model = timm.create_model(backbone, pretrained=False, num_classes=num_classes)
+            model = timm.create_model(
+                resolve_backbone(backbone), pretrained=False, num_classes=num_classes
+            )
             instance.apply(model)
     except RuntimeError as err:
         if "Unknown model" in str(err):
