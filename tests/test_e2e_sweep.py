@@ -150,3 +150,14 @@ def test_rerun_reuses_finished_studies_and_finals(sweep):
     before = pd.read_parquet(first["paths"]["summary"])
     rebuilt = pd.read_parquet(again["paths"]["summary"])
     assert before["test_acc"].tolist() == rebuilt["test_acc"].tolist()
+
+
+def test_every_trial_trained_its_own_study_method(sweep):
+    """Concurrent studies share one Ray job; a trial must never run another study's spec
+    (linear trains nothing but the head, lora always adds parameters)."""
+    _, _, runs = sweep
+    for run in runs:
+        if "mlflow.parentRunId" not in run["tags"]:
+            continue
+        added = run["metrics"]["trainable_params_without_head"]
+        assert (added == 0) == (run["tags"]["method"] == "linear"), run["tags"]

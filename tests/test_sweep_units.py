@@ -115,3 +115,18 @@ def test_ray_space_conversion_and_grid():
     grid = {"lr": Domain("choice", (1e-3, 1e-2)), "rank": Domain("choice", (1, 8, 16))}
     assert to_ray_space(grid, grid=True)["rank"] == {"grid_search": [1, 8, 16]}
     assert len(grid_points(grid)) == 6
+
+
+def test_study_trainables_carry_their_own_spec_under_their_own_name(monkeypatch):
+    import tuner.trainable
+
+    seen = []
+    monkeypatch.setattr(
+        tuner.trainable, "tune_trainable", lambda config, spec, checkpoint_every: seen.append(spec)
+    )
+    a = tuner.trainable.study_trainable({"method": "lora"}, 1, "trial_s__a")
+    b = tuner.trainable.study_trainable({"method": "linear"}, 1, "trial_s__b")
+    assert a.__name__ != b.__name__
+    b({})
+    a({})
+    assert seen == [{"method": "linear"}, {"method": "lora"}]

@@ -40,7 +40,7 @@ from tuner.progress import ProgressBoard
 from tuner.spaces import Domain, load_space
 from tuner.tracking import TrackingService, default_tracking_uri
 from tuner.train import Trainer, TrialSpec
-from tuner.trainable import tune_trainable
+from tuner.trainable import study_trainable
 from tuner.trial_specs import devices_per_trial, trial_spec
 from tuner.tune_hooks import (
     METRIC,
@@ -170,7 +170,7 @@ def run_study(
     if getattr(methods.method_class(study.method), "needs_sensitivity", False):
         spec["sensitivity_uri"] = study_sensitivity(cfg, spec, tracker, study.key)
     trainable = tune.with_resources(
-        tune.with_parameters(tune_trainable, spec=spec, checkpoint_every=cfg.tune.checkpoint_every),
+        study_trainable(spec, cfg.tune.checkpoint_every, f"trial_{cfg.name}__{study.dirname}"),
         {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial},
     )
     run_name = f"{cfg.name}__{study.dirname}"

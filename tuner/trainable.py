@@ -8,6 +8,7 @@ RNG, so a trial restored after a node failure continues exactly where it stopped
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,3 +35,21 @@ def tune_trainable(config: dict[str, Any], spec: dict[str, Any], checkpoint_ever
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
         else:
             tune.report(metrics)
+
+
+def study_trainable(
+    spec: dict[str, Any], checkpoint_every: int, name: str
+) -> Callable[[dict[str, Any]], None]:
+    """``tune_trainable`` bound to one study's fixed spec, under a name unique to the study.
+
+    Not ``tune.with_parameters``: it registers every wrapper as ``tune_trainable`` and keys
+    the parameters by the function's repr, which is identical in every worker process, so
+    studies tuned concurrently in one Ray job could read each other's spec (a lora trial
+    built as ``linear``). A closure registered under its own name cannot mix.
+    """
+
+    def trainable(config: dict[str, Any]) -> None:
+        tune_trainable(config, spec=spec, checkpoint_every=checkpoint_every)
+
+    trainable.__name__ = trainable.__qualname__ = name
+    return trainable
