@@ -20,7 +20,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 BIN = Path(sys.executable).parent
-SAMPLES, EPOCHS = 4, 3
+SAMPLES, EPOCHS = 3, 2
 
 
 def _trials(db: Path) -> dict[str, tuple[str, str, int | None]]:
