@@ -13,7 +13,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import free_port
 
 from tuner.config import ConfigError
 from tuner.submit import SubmitError, submit
@@ -28,12 +28,6 @@ from tuner.tracking import TrackingService
 
 BIN = Path(sys.executable).parent
 TASK, METHODS, SAMPLES = "synth/count", ["linear", "lora"], 2
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _kill_cluster(marker: str) -> None:
@@ -55,7 +49,7 @@ def _kill_cluster(marker: str) -> None:
 def cluster():
     token = secrets.token_hex(32)
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths
-    gcs, dashboard = _free_port(), _free_port()
+    gcs, dashboard = free_port(), free_port()
     env = {
         **os.environ,
         "RAY_AUTH_MODE": "token",
@@ -67,9 +61,9 @@ def cluster():
     def own_ports() -> list[str]:
         """Two nodes on one host must not share agent ports (separate machines would not)."""
         return [
-            f"--dashboard-agent-listen-port={_free_port()}",
-            f"--dashboard-agent-grpc-port={_free_port()}",
-            f"--metrics-export-port={_free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
         ]
 
     head = [

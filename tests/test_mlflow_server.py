@@ -9,7 +9,6 @@ the server. SQLite stays the embedded default; this is what a cluster runs.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import pandas as pd
 import psycopg2
 import pytest
 import ray
+from conftest import free_port
 from mlflow.tracking import MlflowClient
 from rich.console import Console
 
@@ -33,12 +33,6 @@ from tuner.tracking import TrackingService
 BIN = Path(sys.executable).parent
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "postgres"}
 TASKS, METHODS = ["synth/count"], ["linear", "bitfit"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _admin(sql: str) -> None:
@@ -71,7 +65,7 @@ def server(tmp_path_factory):
     database = f"petl_sweep_test_{uuid.uuid4().hex[:10]}"
     _admin(f"CREATE DATABASE {database}")
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
+    port = free_port()
     cmd = [
         str(BIN / "mlflow"),
         "server",

@@ -97,15 +97,13 @@ def submit(
     token_file: Path | None = None,
     env: dict[str, str] | None = None,
     submission_id: str | None = None,
-    client_factory: Callable[[str], Any] | None = None,
 ) -> str:
     """Validate ``sweep``, submit it to the cluster at ``address``; returns the job id."""
     cfg = load_config(sweep)  # raises ConfigError naming the field
-    use_token(token_file)
-    from ray.job_submission import JobSubmissionClient
-
     try:
-        client = (client_factory or JobSubmissionClient)(address)
+        client = client_for(address, token_file)
+    except SubmitError:
+        raise
     except Exception as err:  # connection errors come in several types
         raise SubmitError(f"cannot reach the Ray dashboard at {address}: {err}") from err
     with job_directory(sweep, working_dir) as (folder, name):
