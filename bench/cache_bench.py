@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from tuner.data.cache import _decode_image, load_arrays, vtab_items
-from tuner.data.synthetic import SYNTH_TASKS
+from tuner.data.synth import SYNTH_TASKS
 from tuner.data.vtab import write_split
 
 

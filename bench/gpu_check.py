@@ -16,7 +16,8 @@ from unittest import mock
 import torch
 
 from tuner.data import load_task
-from tuner.train import TrialSpec, train_one
+from tuner.training.spec import TrialSpec
+from tuner.training.trainer import train_one
 
 
 def run(device: str, root: Path, method: str) -> dict:
@@ -29,7 +30,7 @@ def run(device: str, root: Path, method: str) -> dict:
         data_root=str(root),
         threads=2,
     )
-    with mock.patch("tuner.train.pick_device", return_value=torch.device(device)):
+    with mock.patch("tuner.training.trainer.pick_device", return_value=torch.device(device)):
         start = time.perf_counter()
         result = train_one(spec)
     return {

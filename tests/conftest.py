@@ -13,7 +13,7 @@ torch.set_num_threads(1)
 @pytest.fixture
 def tiny_backbone():
     """Factory for the built-in tiny ViT with random (seeded) weights and K classes."""
-    from tuner.backbones import TINY_NAME, create_backbone
+    from tuner.backbones.timm_models import TINY_NAME, create_backbone
 
     def make(num_classes: int = 5, seed: int = 0):
         torch.manual_seed(seed)
@@ -25,8 +25,8 @@ def tiny_backbone():
 def give_sensitivity(method, model, num_classes: int = 5, seed: int = 0):
     """SPT methods need their task's sensitivity scores before ``apply``: take them on a
     seeded random batch (the real pass, two small batches). Other methods pass through."""
-    if getattr(method, "needs_sensitivity", False):
-        from tuner.sensitivity import compute_sensitivity
+    if method.needs_prepare():
+        from tuner.methods.spt.sensitivity import compute_sensitivity
 
         size = model.patch_embed.img_size
         g = torch.Generator().manual_seed(seed)

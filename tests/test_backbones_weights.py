@@ -23,12 +23,14 @@ from tuner.backbones import (
     preset_table,
     resolve_backbone,
 )
-from tuner.checkpoints import WeightsMismatchError, fetch
+from tuner.backbones.weights import WeightsMismatchError, fetch
 from tuner.cli import app
 from tuner.config import ConfigError, parse_config
 from tuner.data import TaskData, get_task
-from tuner.sweep import StudySpec, study_hash, trial_spec
-from tuner.train import Trainer, TrialSpec
+from tuner.sweep.plan import StudySpec, study_hash
+from tuner.sweep.specs import trial_spec
+from tuner.training.spec import TrialSpec
+from tuner.training.trainer import Trainer
 
 UPSTREAM = 64  # classes of the saved "pretrained" head; tasks below use 10
 
@@ -233,7 +235,7 @@ def test_config_fields_reach_trial_spec_and_study_hash(tmp_path):
 
 
 def test_trainer_loads_data_with_the_backbone_interpolation(monkeypatch):
-    import tuner.train
+    import tuner.training.trainer
 
     task, seen = "synth/dsprites_loc", {}
 
@@ -241,6 +243,22 @@ def test_trainer_loads_data_with_the_backbone_interpolation(monkeypatch):
         seen.update(kw, image_size=image_size)
         return _fake_task(task_id)
 
-    monkeypatch.setattr(tuner.train, "load_task", fake_load_task)
+    monkeypatch.setattr(tuner.training.trainer, "load_task", fake_load_task)
     Trainer(TrialSpec(task=task, method="linear", pretrained=False, threads=1))
     assert (seen["image_size"], seen["interpolation"]) == (32, "bilinear")
+
+
+def test_input_spec_matches_the_model_and_leaves_the_rng_alone():
+    """Data preparation and every Trainer read one input spec; reading it must not move the
+    global RNG (a trial's drop-path masks would then depend on a per-process cache)."""
+    from tuner.backbones import input_spec
+
+    input_spec.cache_clear()
+    torch.manual_seed(0)
+    expected = torch.rand(4)
+    torch.manual_seed(0)
+    spec = input_spec(TINY_NAME)
+    assert torch.equal(torch.rand(4), expected)
+    cfg = data_config(create_backbone(TINY_NAME, 3, pretrained=False))
+    assert (spec.size, spec.interpolation) == (cfg["input_size"][-1], cfg["interpolation"])
+    assert spec.mean == tuple(cfg["mean"]) and spec.std == tuple(cfg["std"])

@@ -39,3 +39,31 @@ def test_data_synth_writes_the_vtab_layout(tmp_path: Path):
     assert (task / first[0]).exists() and first[1].isdigit()
     bad = runner.invoke(app, ["data", "synth", "--out", str(tmp_path), "--task", "nope"])
     assert bad.exit_code == 2 and "count" in bad.output
+
+
+def test_ui_errors_are_one_line_and_exit_2(tmp_path: Path):
+    import socket
+
+    from tuner.tracking.client import TrackingService
+
+    out = tmp_path / "results"
+    missing = runner.invoke(app, ["ui", "--set", f"out_dir={out}", "--experiment", "nope"])
+    assert missing.exit_code == 2 and "no MLflow experiment 'nope'" in missing.output
+    store = TrackingService(f"sqlite:///{out.resolve() / 'mlflow.db'}", "quickstart")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        port = busy.getsockname()[1]
+        taken = runner.invoke(app, ["ui", "--set", f"out_dir={out}", "--port", str(port)])
+    assert taken.exit_code == 2 and f"port {port}" in taken.output and "in use" in taken.output
+    tags = store.client.get_experiment(store.experiment_id).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_ui_urls_point_at_the_runs_table_in_the_model_training_view():
+    from tuner.tracking.ui import is_server, runs_url
+
+    assert is_server("https://mlflow.example:5000") and not is_server("sqlite:///x.db")
+    assert (
+        runs_url("http://127.0.0.1:5000/", "7")
+        == "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning"
+    )

@@ -23,8 +23,9 @@ import yaml
 from conftest import free_port
 
 from tuner.config import ConfigError
+from tuner.records import PARENT_RUN_TAG
 from tuner.submit import SubmitError, submit
-from tuner.tracking import TrackingService
+from tuner.tracking.client import TrackingService
 
 BIN = Path(sys.executable).parent
 TASK, METHODS, SAMPLES = "synth/count", ["linear", "lora"], 2
@@ -89,13 +90,28 @@ def cluster():
         *common,
         *own_ports(),
     ]
+    extra: list[str] = []
+
+    def add_worker() -> str:
+        """Start one more worker node; returns its temp dir (which names its processes)."""
+        folder = tempfile.mkdtemp(prefix="rx", dir="/tmp")
+        extra.append(folder)
+        command = [*worker[:3], f"--temp-dir={folder}", *common, *own_ports()]
+        subprocess.run(command, env=env, check=True, timeout=180, capture_output=True)
+        return folder
+
     try:
         subprocess.run(head, env=env, check=True, timeout=180, capture_output=True)
         subprocess.run(worker, env=env, check=True, timeout=180, capture_output=True)
-        yield {"address": f"http://127.0.0.1:{dashboard}", "token": token, "gcs": gcs}
+        yield {
+            "address": f"http://127.0.0.1:{dashboard}",
+            "token": token,
+            "gcs": gcs,
+            "add_worker": add_worker,
+        }
     finally:
-        _kill_cluster(temp_dir)
-        _kill_cluster(worker_dir)
+        for folder in [temp_dir, worker_dir, *extra]:
+            _kill_cluster(folder)
         _kill_cluster(f"127.0.0.1:{gcs}")
 
 
@@ -166,7 +182,7 @@ def test_sweep_job_spreads_trials_over_nodes_and_reaches_mlflow(cluster, tmp_pat
 
     tracking = f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}"
     runs = TrackingService(tracking, "cluster-job", create=False).search()
-    trials = [r for r in runs if "mlflow.parentRunId" in r["tags"]]
+    trials = [r for r in runs if PARENT_RUN_TAG in r["tags"]]
     finals = [r for r in runs if r["tags"].get("stage") == "final"]
     studies = [r for r in runs if r["tags"].get("stage") == "tune" and r not in trials]
     assert sorted(r["tags"]["method"] for r in studies) == sorted(METHODS)
@@ -221,3 +237,69 @@ def test_cli_job_status_of_an_unknown_job_fails(cluster):
     result = _cli(cluster, "job", "status", "no-such-job", timeout=120)
     assert result.returncode != 0
     assert "no-such-job" in result.stdout + result.stderr
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError):
+            if int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(proc.name))
+    return kids
+
+
+def _busy_trial_on(marker: str) -> bool:
+    """Whether a trial is training on the node whose raylet carries ``marker``."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            cmd = (proc / "cmdline").read_bytes().decode(errors="replace")
+            if "raylet" in cmd and marker in cmd:
+                for kid in _children(int(proc.name)):
+                    title = Path(f"/proc/{kid}/cmdline").read_bytes().decode(errors="replace")
+                    if "ray::ImplicitFunc" in title or "ray::trial_" in title:
+                        return True
+    return False
+
+
+def test_losing_a_worker_mid_sweep_loses_nothing(cluster, tmp_path):
+    """SIGKILL a worker node while it trains a trial: the job still succeeds, every study
+    has all its trials finished, no run is left RUNNING, no epoch's metric is missing."""
+    import time
+
+    marker = cluster["add_worker"]()
+    sweep = yaml.safe_load(_sweep_file(tmp_path).read_text())
+    sweep["name"] = "node-loss"
+    sweep["tune"].update(num_samples=3, max_epochs=4, grace_period=4)  # no early stops
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep))
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": cluster["token"]}
+    env.pop("RAY_AUTH_TOKEN_PATH", None)
+    job = subprocess.Popen(
+        [str(BIN / "petl-sweep"), "submit", str(tmp_path / "sweep.yaml"), "--address",
+         cluster["address"], "--timeout", "850"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    deadline = time.time() + 600
+    while not _busy_trial_on(marker):
+        assert job.poll() is None and time.time() < deadline, "no trial reached the worker"
+        time.sleep(0.5)
+    time.sleep(2)
+    _kill_cluster(marker)  # the whole node: raylet, its workers, its agents
+    output, _ = job.communicate(timeout=900)
+    (tmp_path / "job.log").write_text(output)
+    assert job.returncode == 0 and "SUCCEEDED" in output, output[-3000:]
+
+    tracker = TrackingService(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}", "node-loss")
+    assert tracker.find({}, status="RUNNING") == []
+    runs = tracker.search()
+    trials = [r for r in runs if PARENT_RUN_TAG in r["tags"]]
+    for method in METHODS:
+        done = [t for t in trials if t["tags"]["method"] == method and t["status"] == "FINISHED"]
+        assert len(done) == 3 and all(t["tags"]["outcome"] == "completed" for t in done)
+        for t in done:
+            steps = {m.step for m in tracker.client.get_metric_history(t["run_id"], "val/acc")}
+            assert steps == {1, 2, 3, 4}, (method, steps)
+    assert len([r for r in runs if r["tags"].get("stage") == "final"]) == len(METHODS)

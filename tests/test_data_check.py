@@ -89,3 +89,19 @@ def test_missing_root_and_missing_task_folder_fail(tmp_path):
     assert result.exit_code == 1 and "does not exist" in result.output
     result = runner.invoke(cli.app, ["data", "check", str(tmp_path), "--task", "vtab1k/dtd"])
     assert result.exit_code == 1 and "vtab1k/dtd does not exist" in result.output
+
+
+def test_every_root_data_check_accepts_a_sweep_reads(good_root):
+    """One layout rule: VTAB tasks at ROOT/vtab1k/<task>, at ROOT/<task> (as shipped by the
+    community) and a root that *is* the vtab1k folder are all found by sweeps too."""
+    from tuner.data import load_task
+    from tuner.data.tasks import task_dir
+
+    accepted = {r.task: r for r in check_root(good_root)}
+    assert not accepted["vtab1k/eurosat"].errors
+    assert task_dir("vtab1k/eurosat", good_root) == good_root / "eurosat"
+    assert len(load_task("vtab1k/eurosat", good_root, 16).test[1]) == 10
+    suite_root = good_root / "vtab1k"  # the user points data_root at the suite folder
+    assert not check_root(suite_root, ["svhn"])[0].errors
+    assert task_dir("vtab1k/svhn", suite_root) == suite_root / "svhn"
+    assert len(load_task("vtab1k/svhn", suite_root, 16).train[1]) == 20

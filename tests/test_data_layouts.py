@@ -186,7 +186,8 @@ def test_config_accepts_folder_subset_and_shift_entries(tmp_path, monkeypatch):
 
 
 def test_train_one_runs_an_epoch_on_a_folder_task(tmp_path):
-    from tuner.train import TrialSpec, train_one
+    from tuner.training.spec import TrialSpec
+    from tuner.training.trainer import train_one
 
     root = image_folder(tmp_path / "pets", sizes=(8, 4, 4), size=32)
     spec = TrialSpec(

@@ -10,10 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
-from tuner.artifacts import predictions_bytes
-from tuner.leaderboard import build, publish
-from tuner.sweep import select_best
-from tuner.tracking import TrackingService
+from tuner.leaderboard.build import build, publish
+from tuner.tracking.artifacts import predictions_bytes
+from tuner.tracking.client import TrackingService
 
 N = 200
 #: method → task → correct examples out of N (planted)
@@ -116,29 +115,6 @@ def test_outputs_costs_and_mlflow_leaderboard_run(board):
     assert runs[0]["metrics"]["lora/mean_flat"] == pytest.approx(0.6)
 
 
-def test_selection_never_reads_test_metrics():
-    # the planted trial with the best *test* accuracy has a worse val accuracy
-    trials = [
-        {
-            "index": 0,
-            "trial_id": "a",
-            "val_acc": 0.80,
-            "test_acc": 0.60,
-            "outcome": "completed",
-            "epochs": 4,
-        },
-        {
-            "index": 1,
-            "trial_id": "b",
-            "val_acc": 0.70,
-            "test_acc": 0.95,
-            "outcome": "completed",
-            "epochs": 4,
-        },
-    ]
-    assert select_best(trials, 4)["trial_id"] == "a"
-
-
 def test_missing_experiment_is_a_clear_error(board, tmp_path):
     uri, _, _ = board
     with pytest.raises(ValueError, match="no MLflow experiment 'nope'"):
@@ -217,3 +193,23 @@ def test_cli_rebuilds_from_any_tracking_uri(board, tmp_path):
         app, ["leaderboard", "--experiment", "nope", "--tracking-uri", uri, "--out", str(out)]
     )
     assert missing.exit_code == 2 and "no MLflow experiment 'nope'" in missing.output
+
+
+def test_pareto_puts_zero_parameter_methods_at_a_labelled_zero():
+    from tuner.leaderboard.render import pareto_axes
+
+    summary = pd.DataFrame(
+        {
+            "method": ["linear", "lora", "full"],
+            "task": ["t"] * 3,
+            "test_acc": [0.3, 0.5, 0.6],
+            "trainable_params_without_head": [0, 2_000, 700_000],
+        }
+    )
+    fig, ax = pareto_axes(summary)
+    fig.canvas.draw()
+    xs = sorted(ax.collections[0].get_offsets()[:, 0])
+    assert xs == [0, 2_000, 700_000]  # linear at 0, not clipped to 10⁰
+    assert ax.get_xscale() == "symlog"
+    labels = [t.get_text().strip("$").replace("\\mathdefault", "") for t in ax.get_xticklabels()]
+    assert "{0}" in labels and dict(zip(labels, ax.get_xticks(), strict=True))["{0}"] == 0

@@ -16,7 +16,7 @@ from torch import nn
 
 from tuner import methods
 from tuner.methods.base import MergeScaled, head_parameters, set_merge_factor
-from tuner.methods.state import load_trainable, read_metadata, save_trainable
+from tuner.tracking.artifacts import read_trainable, trainable_bytes
 
 NUM_CLASSES = 5
 ALL = methods.list_methods()
@@ -238,17 +238,17 @@ def test_merge_folds_into_plain_backbone(tiny_backbone, name):
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_trainable_state_round_trip(tiny_backbone, name, tmp_path):
+def test_trainable_state_round_trip(tiny_backbone, name):
     model, method = _applied(tiny_backbone, name)
     _train_steps(model, method, 2)
-    path = save_trainable(model, method, tmp_path / f"{name}.safetensors")
-    meta = read_metadata(path)
-    assert meta["method"] == name and meta["hp"] == method.hp
-    fresh, fresh_method = _applied(tiny_backbone, name)
+    # the very bytes a sweep's final run logs as trainable.safetensors
+    meta = {"method": name, "hp": method.hp, "backbone": "tiny", "task": "synth/count"}
+    tensors, read_meta = read_trainable(trainable_bytes(method.trainable_state_dict(model), meta))
+    assert read_meta == meta
     fresh = tiny_backbone(NUM_CLASSES)
-    fresh_method = give_sensitivity(methods.get(meta["method"], **meta["hp"]), fresh, NUM_CLASSES)
+    fresh_method = give_sensitivity(methods.get(name, **read_meta["hp"]), fresh, NUM_CLASSES)
     fresh = fresh_method.apply(fresh)
-    load_trainable(fresh, fresh_method, path)
+    fresh_method.load_trainable_state_dict(fresh, tensors)
     x, _ = _batch(2)
     torch.testing.assert_close(fresh.eval()(x), model.eval()(x), rtol=0, atol=0)
 

@@ -123,7 +123,7 @@ def test_describe_methods_lists_papers_and_hyper_parameters():
 
 
 def test_count_params_errors_name_the_bad_key_or_value():
-    with pytest.raises(ValueError, match=r"no hyper-parameter 'rnak'.*rank"):
+    with pytest.raises(ValueError, match=r"unknown hyper-parameter 'rnak'.*rank"):
         count_params("lora", "vit_base_patch16_224", 10, {"rnak": "8"})
     with pytest.raises(ValueError, match="rank='eight' is not a int"):
         count_params("lora", "vit_base_patch16_224", 10, {"rank": "eight"})

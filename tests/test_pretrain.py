@@ -19,8 +19,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from tuner.backbones import TINY_NAME, TINY_UPSTREAM_CLASSES, TINY_WEIGHTS, create_backbone
+from tuner.backbones.pretrain import linear_probe_accuracy, novel_task, pretrain
 from tuner.data.upstream import NUM_UPSTREAM_CLASSES, generate_upstream, glyph_classes
-from tuner.pretrain import linear_probe_accuracy, novel_task, pretrain
 
 MAX_BYTES = 3_000_000
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tuner import methods
-from tuner.spaces import default_spaces_dir, grid_points, load_space
+from tuner.sweep.spaces import default_spaces_dir, grid_points, load_space
 
 ALL = methods.list_methods()
 

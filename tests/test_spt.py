@@ -16,12 +16,20 @@ import torch.nn.functional as F
 from conftest import give_sensitivity
 
 from tuner import methods
-from tuner.allocation_report import allocation_bytes, allocation_png, summary
 from tuner.data import load_task
 from tuner.methods.base import count_trainable
-from tuner.methods.spt import SPTLinear, allocate, allocation_units, eligible_params
-from tuner.sensitivity import cache_path, compute_sensitivity, obtain_scores, save_scores
-from tuner.train import Trainer, TrialSpec
+from tuner.methods.spt.allocation import allocate, allocation_units, eligible_params
+from tuner.methods.spt.allocation_table import allocation_bytes, allocation_png, allocation_totals
+from tuner.methods.spt.method import SPTLinear
+from tuner.methods.spt.sensitivity import (
+    cache_path,
+    compute_sensitivity,
+    obtain_scores,
+    save_scores,
+)
+from tuner.tracking.client import fetch_artifact
+from tuner.training.spec import TrialSpec
+from tuner.training.trainer import Trainer
 
 SPT = ["spt_lora", "spt_adapter"]
 NUM_CLASSES = 5
@@ -52,7 +60,7 @@ def test_realised_count_equals_the_budget(tiny_backbone, name, budget):
     _, without_head = count_trainable(model, method)
     assert without_head - model.embed_dim == tau  # the class token always trains
     assert method.allocation.realised == tau
-    rows = method.report()
+    rows = method.allocation_rows()
     assert sum(r["trainable"] for r in rows) == tau
     if budget >= 0.02:  # a generous budget buys structured modules
         assert any(r["allocation"] in ("lora", "adapter") for r in rows)
@@ -130,7 +138,7 @@ def test_sensitivity_is_deterministic_and_depends_on_the_seed(tiny_backbone):
     m2.set_sensitivity(b)
     m1.apply(tiny_backbone(NUM_CLASSES))
     m2.apply(tiny_backbone(NUM_CLASSES))
-    assert m1.report() == m2.report()
+    assert m1.allocation_rows() == m2.allocation_rows()
 
 
 def test_obtain_scores_computes_once_then_reads_the_cache(tmp_path, tiny_backbone):
@@ -155,7 +163,9 @@ def test_obtain_scores_fetches_the_artifact_before_recomputing(tmp_path, tiny_ba
         raise AssertionError("must not recompute when the artifact is reachable")
 
     node_cache = tmp_path / "other-node"
-    got, source = obtain_scores("k2", node_cache, compute, {}, artifact_uri=artifact.as_uri())
+    got, source = obtain_scores(
+        "k2", node_cache, compute, {}, artifact_uri=artifact.as_uri(), fetch=fetch_artifact
+    )
     assert source == "artifact" and cache_path(node_cache, "k2").exists()
     assert all(torch.equal(got[k], scores[k]) for k in scores)
 
@@ -173,28 +183,28 @@ def test_trainer_shares_one_sensitivity_pass_across_trials_and_stages(data_root)
         "method": "spt_lora",
         "epochs": 1,
         "data_root": str(data_root),
-        "sensitivity_seed": 7,
+        "prepare_seed": 7,
     }
     tune_a = Trainer(TrialSpec(**base, hp={"budget": 0.01}, seed=7))
     tune_b = Trainer(TrialSpec(**base, hp={"budget": 0.03, "lr": 3e-3}, seed=7))
     final = Trainer(TrialSpec(**base, hp={"budget": 0.03}, stage="final", seed=1007))
-    assert tune_a.sensitivity_source == "computed"
-    assert tune_b.sensitivity_source == final.sensitivity_source == "cache"
-    assert tune_a.sensitivity_key == tune_b.sensitivity_key == final.sensitivity_key
+    assert tune_a.prepared.source == "computed"
+    assert tune_b.prepared.source == final.prepared.source == "cache"
+    assert tune_a.prepared.key == tune_b.prepared.key == final.prepared.key
     metrics = next(tune_b.epochs())
     assert metrics["sensitivity_reused"] == 1.0
-    other_seed = Trainer(TrialSpec(**{**base, "sensitivity_seed": 8}, hp={"budget": 0.01}))
-    assert other_seed.sensitivity_key != tune_a.sensitivity_key
+    other_seed = Trainer(TrialSpec(**{**base, "prepare_seed": 8}, hp={"budget": 0.01}))
+    assert other_seed.prepared.key != tune_a.prepared.key
 
 
 def test_allocation_report_table_and_plot(tiny_backbone):
     model = tiny_backbone(NUM_CLASSES)
     method = give_sensitivity(methods.get("spt_adapter", budget=0.05), model, NUM_CLASSES)
     method.apply(model)
-    rows = method.report()
+    rows = method.allocation_rows()
     table = pq.read_table(io.BytesIO(allocation_bytes(rows))).to_pylist()
     assert table == rows
-    totals = summary(rows)
+    totals = allocation_totals(rows)
     assert totals["spt/realised"] == method.allocation.realised
     assert totals["spt/structured_modules"] == len(method.allocation.structured) > 0
     png = allocation_png(rows, "spt_adapter")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tuner.stats import bootstrap_ties, per_example_accuracy
+from tuner.leaderboard.stats import bootstrap_ties, per_example_accuracy
 
 
 def _correct(rng, n, acc):

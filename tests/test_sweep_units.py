@@ -7,15 +7,11 @@ import pytest
 from ray import tune
 
 from tuner.config import parse_config
-from tuner.spaces import Domain, grid_points
-from tuner.sweep import (
-    HonestOptunaSearch,
-    plan,
-    select_best,
-    stable_seed,
-    to_ray_space,
-    trial_outcome,
-)
+from tuner.records import TrialRecord, trial_outcome
+from tuner.sweep.plan import plan, stable_seed
+from tuner.sweep.searcher import HonestOptunaSearch
+from tuner.sweep.spaces import Domain, grid_points
+from tuner.sweep.study import select_best, to_ray_space
 
 MAX_EPOCHS = 4
 
@@ -64,14 +60,7 @@ def test_trial_outcome():
 
 
 def _trial(index, acc, outcome="completed", epochs=MAX_EPOCHS, params=10):
-    return {
-        "index": index,
-        "trial_id": f"t{index}",
-        "val_acc": acc,
-        "outcome": outcome,
-        "epochs": epochs,
-        "trainable_params": params,
-    }
+    return TrialRecord(index, f"t{index}", {}, epochs, acc, params, outcome)
 
 
 def test_select_best_uses_final_epoch_val_of_full_trials_only():
@@ -82,8 +71,10 @@ def test_select_best_uses_final_epoch_val_of_full_trials_only():
         _trial(3, 0.75, params=20),  # tie on val: fewer parameters wins
         _trial(4, 0.95, outcome="diverged", epochs=1),
     ]
-    assert select_best(trials, MAX_EPOCHS)["trial_id"] == "t3"
+    assert select_best(trials, MAX_EPOCHS).trial_id == "t3"
     assert select_best([_trial(0, 0.9, outcome="stopped_early", epochs=1)], MAX_EPOCHS) is None
+    # what selection sees of a trial has no test metric at all: it cannot select on test
+    assert not any("test" in name for name in TrialRecord.__dataclass_fields__)
 
 
 def test_plan_is_one_study_per_task_and_method_with_stable_seeds():
@@ -118,14 +109,16 @@ def test_ray_space_conversion_and_grid():
 
 
 def test_study_trainables_carry_their_own_spec_under_their_own_name(monkeypatch):
-    import tuner.trainable
+    import tuner.sweep.trainable
 
     seen = []
     monkeypatch.setattr(
-        tuner.trainable, "tune_trainable", lambda config, spec, checkpoint_every: seen.append(spec)
+        tuner.sweep.trainable,
+        "tune_trainable",
+        lambda config, spec, checkpoint_every: seen.append(spec),
     )
-    a = tuner.trainable.study_trainable({"method": "lora"}, 1, "trial_s__a")
-    b = tuner.trainable.study_trainable({"method": "linear"}, 1, "trial_s__b")
+    a = tuner.sweep.trainable.study_trainable({"method": "lora"}, 1, "trial_s__a")
+    b = tuner.sweep.trainable.study_trainable({"method": "linear"}, 1, "trial_s__b")
     assert a.__name__ != b.__name__
     b({})
     a({})

@@ -21,9 +21,9 @@ from typer.testing import CliRunner
 
 from tuner.cli import app
 from tuner.config import parse_config
-from tuner.pipeline import run_pipeline
-from tuner.sweep import tracking_uri
-from tuner.tracking import TrackingService
+from tuner.records import PARENT_RUN_TAG
+from tuner.sweep.pipeline import run_pipeline
+from tuner.tracking.client import TrackingService
 
 SAMPLES = 2
 
@@ -66,7 +66,7 @@ def sweep(tmp_path_factory):
     with open(root / "console.txt", "w") as log:
         run_pipeline(cfg, Console(file=log, width=200), live=False)
     ray.shutdown()
-    tracker = TrackingService(tracking_uri(cfg), cfg.experiment, create=False)
+    tracker = TrackingService(cfg.tracking_uri, cfg.experiment, create=False)
     return cfg, tracker, tracker.search()
 
 
@@ -92,13 +92,13 @@ def test_spt_study_computes_sensitivity_once_and_every_trial_reuses_it(sweep):
         for r in runs
         if r["tags"].get("method") == "spt_lora"
         and r["tags"].get("stage") == "tune"
-        and "mlflow.parentRunId" not in r["tags"]
+        and PARENT_RUN_TAG not in r["tags"]
     )
     assert study["tags"]["sensitivity.source"] == "computed"
     key = study["params"]["sensitivity.key"]
     artifacts = [a.path for a in tracker.client.list_artifacts(study["run_id"], "sensitivity")]
     assert artifacts == [f"sensitivity/{key}.safetensors"]
-    trials = [r for r in runs if r["tags"].get("mlflow.parentRunId") == study["run_id"]]
+    trials = [r for r in runs if r["tags"].get(PARENT_RUN_TAG) == study["run_id"]]
     assert len(trials) == SAMPLES
     assert all(r["metrics"]["sensitivity_reused"] == 1.0 for r in trials)
 

@@ -10,7 +10,7 @@ import pytest
 
 from tuner.data import DataError, load_task
 from tuner.data.cache import load_split_arrays
-from tuner.data.synthetic import SYNTH_TASKS, write_synth_suite
+from tuner.data.synth import SYNTH_TASKS, write_synth_suite
 from tuner.data.tasks import GROUPS, get_task, list_tasks
 from tuner.data.vtab import read_split
 

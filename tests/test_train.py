@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from tuner.data import load_task
-from tuner.train import Trainer, TrialSpec, train_one
+from tuner.training.spec import TrialSpec
+from tuner.training.trainer import Trainer, train_one
 
 TASK = "synth/dsprites_loc"
 

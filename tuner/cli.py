@@ -16,25 +16,29 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from tuner.util import unknown_message
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 data_app = typer.Typer(no_args_is_help=True, help="Synthetic data and data folders.")
 app.add_typer(data_app, name="data")
 console = Console()
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = 2) -> None:
+    """One clear message, no traceback: exit 2 for usage/config, 1 for data and weights."""
     console.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(2)
+    raise typer.Exit(code)
 
 
-def _parse_sets(pairs: list[str]) -> dict[str, Any]:
-    """``key=value`` pairs; values parsed as YAML scalars (numbers, bools, lists)."""
+def parse_pairs(pairs: list[str], option: str = "--set", typed: bool = True) -> dict[str, Any]:
+    """The one ``KEY=VALUE`` parser: values are YAML scalars (numbers, bools, lists) when
+    ``typed``, else kept as strings (environment variables); a pair without ``=`` exits 2."""
     out: dict[str, Any] = {}
     for pair in pairs:
-        if "=" not in pair:
-            _fail(f"--set expects key=value, got {pair!r}")
-        key, value = pair.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            _fail(f"{option} expects KEY=VALUE, got {pair!r}")
+        out[key.strip()] = yaml.safe_load(value) if typed else value
     return out
 
 
@@ -54,12 +58,22 @@ def run(
     from tuner.config import ConfigError, load_config
 
     try:
-        cfg = load_config(config, _parse_sets(set_))
+        cfg = load_config(config, parse_pairs(set_))
     except (ConfigError, FileNotFoundError) as err:
         _fail(str(err))
-    from tuner.pipeline import run_pipeline
+    from tuner.backbones.weights import WeightsMismatchError
+    from tuner.data.vtab import DataError
+    from tuner.sweep.pipeline import run_pipeline
+    from tuner.tracking.buffered import TrackingError
 
-    run_pipeline(cfg, console, live=progress and console.is_terminal, resume=resume)
+    try:
+        result = run_pipeline(
+            cfg, console, live=progress and console.is_terminal, resume=resume, source=config
+        )
+    except (DataError, WeightsMismatchError, TrackingError) as err:
+        _fail(str(err), 1)
+    if result.failed or not result.outputs:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -72,7 +86,7 @@ def leaderboard(
     log: Annotated[bool, typer.Option(help="log a leaderboard run to the first experiment")] = True,
 ) -> None:
     """Rebuild the leaderboard from MLflow (any server, one or several sweeps)."""
-    from tuner.leaderboard import build, publish
+    from tuner.leaderboard.build import build, publish
 
     try:
         paths, tracker = build(
@@ -84,6 +98,38 @@ def leaderboard(
         publish(tracker, paths, "+".join(experiment))
     console.print(paths["markdown"].read_text(), soft_wrap=True, highlight=False)
     console.print(f"written: {', '.join(str(p) for p in paths.values())}", soft_wrap=True)
+
+
+@app.command()
+def ui(
+    config: Annotated[Path | None, typer.Argument(help="sweep.yaml (default: quickstart)")] = None,
+    experiment: Annotated[str | None, typer.Option(help="default: the sweep's")] = None,
+    port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 5000,
+    set_: Annotated[list[str], typer.Option("--set", help="override, e.g. out_dir=x")] = [],  # noqa: B006
+) -> None:
+    """Open the MLflow UI on the sweep's store, at its runs table (127.0.0.1 only)."""
+    from tuner.config import ConfigError, load_config
+    from tuner.tracking.ui import UIError, experiment_id, is_server, runs_url, start_ui
+
+    try:
+        cfg = load_config(config, parse_pairs(set_))
+        uri, name = cfg.tracking_uri, experiment or cfg.experiment
+        exp_id = experiment_id(uri, name)
+        if is_server(uri):
+            console.print(f"MLflow server: {runs_url(uri, exp_id)}", soft_wrap=True)
+            return
+        process = start_ui(uri, port)
+    except (ConfigError, UIError) as err:
+        _fail(str(err))
+    console.print(
+        f"MLflow UI on {uri}\nexperiment {name!r}: {runs_url(f'http://127.0.0.1:{port}', exp_id)}"
+        "\n(Ctrl-C stops it)",
+        soft_wrap=True,
+    )
+    try:
+        raise typer.Exit(process.wait())
+    except KeyboardInterrupt:
+        process.terminate()
 
 
 @app.command()
@@ -105,7 +151,7 @@ def backbones(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """List backbone presets with their timm name and preprocessing (nothing downloads)."""
-    from tuner.backbones import preset_table
+    from tuner.backbones.timm_models import preset_table
 
     rows = preset_table()
     if as_json:
@@ -132,9 +178,7 @@ def params(
     """Trainable parameter count of a method on a backbone (in total and without head)."""
     from tuner.methods.describe import count_params
 
-    overrides = dict(p.split("=", 1) for p in set_ if "=" in p)
-    if len(overrides) != len(set_):
-        _fail(f"--set expects key=value, got {set_}")
+    overrides = parse_pairs(set_)
     try:
         info = count_params(method, backbone, num_classes, overrides)
     except (KeyError, ValueError) as err:
@@ -159,11 +203,11 @@ def data_synth(
     overwrite: Annotated[bool, typer.Option(help="rewrite complete tasks too")] = False,
 ) -> None:
     """Write the synthetic suite in the VTAB-1k on-disk layout."""
-    from tuner.data.synthetic import SYNTH_TASKS, write_synth_suite
+    from tuner.data.synth import SYNTH_TASKS, write_synth_suite
 
     unknown = [t for t in task if t not in SYNTH_TASKS]
     if unknown:
-        _fail(f"unknown synth task(s) {unknown}; valid: {', '.join(SYNTH_TASKS)}")
+        _fail(unknown_message("synth task(s)", unknown, list(SYNTH_TASKS)))
     paths = write_synth_suite(out, seed=seed, tasks=task or None, overwrite=overwrite)
     for path in paths:
         console.print(f"wrote {path}")
@@ -196,8 +240,8 @@ def pretrain(
     from rich.logging import RichHandler
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler()])
-    from tuner.backbones import TINY_WEIGHTS
-    from tuner.pretrain import pretrain as run_pretrain
+    from tuner.backbones.pretrain import pretrain as run_pretrain
+    from tuner.backbones.timm_models import TINY_WEIGHTS
 
     kwargs: dict[str, Any] = {"seed": seed}
     if epochs is not None:
@@ -238,12 +282,7 @@ def submit(
     from tuner.submit import submit as submit_job
     from tuner.submit import wait as wait_job
 
-    pairs = {}
-    for pair in env:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            _fail(f"--env expects KEY=VALUE, got {pair!r}")
-        pairs[key] = value
+    pairs = parse_pairs(env, "--env", typed=False)
     try:
         job_id = submit_job(
             config, address, working_dir=working_dir, token_file=token_file, env=pairs

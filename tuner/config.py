@@ -7,6 +7,7 @@ and unknown keys are rejected (a typo never silently falls back to a default).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tuner import methods
 from tuner.backbones import TINY_NAME
 from tuner.data.tasks import get_task, list_tasks
+from tuner.util import unknown_message
 
 QUICKSTART = Path(__file__).parent / "quickstart.yaml"
 
@@ -159,6 +161,37 @@ class SweepConfig(_Strict):
     def final_epochs(self) -> int:
         return self.final.epochs or self.tune.max_epochs
 
+    @property
+    def tracking_uri(self) -> str:
+        """The MLflow store: ``tracking.uri``, or SQLite under ``out_dir`` (absolute, since
+        Ray workers run in other folders)."""
+        return self.tracking.uri or f"sqlite:///{(Path(self.out_dir).resolve() / 'mlflow.db')}"
+
+    @property
+    def artifact_root(self) -> str | None:
+        """Artifacts beside the SQLite store by default; a server decides for itself."""
+        if self.tracking.uri:
+            return None
+        return (Path(self.out_dir).resolve() / "mlartifacts" / self.experiment).as_uri()
+
+    @property
+    def storage_path(self) -> str:
+        """Ray Tune's experiment storage (a shared filesystem or ``s3://`` on a cluster)."""
+        return self.ray.storage_path or str((Path(self.out_dir) / "ray_results").resolve())
+
+    @property
+    def leaderboard_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+    @property
+    def devices_per_trial(self) -> float:
+        """What a trial holds, for device-hours: its GPUs, or its CPU cores without GPUs."""
+        return self.resources.gpus_per_trial or self.resources.cpus_per_trial
+
+    @property
+    def threads_per_trial(self) -> int:
+        return max(1, math.floor(self.resources.cpus_per_trial))
+
 
 def _expand(values: list[str], valid: list[str], kind: str) -> list[str]:
     """Expand shell wildcards (``synth/*``) and reject unknown names, keeping order."""
@@ -168,10 +201,7 @@ def _expand(values: list[str], valid: list[str], kind: str) -> list[str]:
     for value in values:
         matches = [v for v in valid if fnmatch.fnmatchcase(v, value)]
         if not matches:
-            shown = ", ".join(valid[:30]) + (
-                f", ... ({len(valid)} in all)" if len(valid) > 30 else ""
-            )
-            raise ValueError(f"unknown {kind} {value!r}; valid: {shown}")
+            raise ValueError(unknown_message(kind, value, valid))
         out.extend(m for m in matches if m not in out)
     return out
 
@@ -179,14 +209,14 @@ def _expand(values: list[str], valid: list[str], kind: str) -> list[str]:
 def _expand_tasks(values: list[str]) -> list[str]:
     """Registry wildcards as :func:`_expand`, plus ``folder:<path>`` user tasks (made absolute,
     so Ray workers in other folders find them) and ``@<n>[#<fold>]`` subset suffixes."""
-    from tuner.data.subsets import split_subset
+    from tuner.data.subsets import parse_task
     from tuner.data.vtab import DataError
 
     out: list[str] = []
     for value in values:
         try:
-            base, _ = split_subset(value)
-            suffix = value[len(base) :]
+            ref = parse_task(value)
+            base, suffix = ref.base, ref.suffix
             if base.startswith("folder:"):
                 bases = [f"folder:{Path(base.removeprefix('folder:')).absolute()}"]
             else:

@@ -17,8 +17,8 @@ import torch
 from tuner.data.cache import Arrays, Item, load_arrays
 from tuner.data.shifts import load_eval_arrays, load_eval_set
 from tuner.data.sources import read_source, task_digest
-from tuner.data.subsets import split_subset, subset_indices
-from tuner.data.synthetic import write_synth_suite
+from tuner.data.subsets import parse_task, subset_indices
+from tuner.data.synth import write_synth_suite
 from tuner.data.tasks import TaskInfo, get_task, task_dir
 from tuner.data.vtab import DataError
 
@@ -91,14 +91,14 @@ def load_task(
 
     train, val = load("train", source.items["train"]), load("val", source.items["val"])
     test = load("test", source.items["test"])
-    if split_subset(task_id)[1] is None:
+    ref = parse_task(task_id)
+    if ref.subset is None:
         trainval = load("trainval", source.items["trainval"], (train, val))
     else:
         keep = subset_indices(task_id, train.y)
         items = [source.items["train"][i] for i in keep]
-        suffix = task_id[len(split_subset(task_id)[0]) :]
-        train = load(f"train{suffix}", items, (train,))
-        trainval = load(f"trainval{suffix}", items + source.items["val"], (train, val))
+        train = load(f"train{ref.suffix}", items, (train,))
+        trainval = load(f"trainval{ref.suffix}", items + source.items["val"], (train, val))
     shift_sets = {
         name: load_eval_arrays(
             spec, image_size, cache, info.num_classes, source.classes, interpolation, (test,)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from tuner.data.vtab import DataError, read_split_lines, split_path
+from tuner.util import atomic_write
 
 #: Bump when the decoded representation or the key layout changes.
 FORMAT_VERSION = 2
@@ -123,18 +123,9 @@ def cache_key(
     return items_key(items, fingerprints(items), image_size, interpolation)
 
 
-def _temp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-
-
 def _save_labels(path: Path, labels: np.ndarray) -> None:
-    tmp = _temp_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, labels)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, labels)
 
 
 def _decode_split(
@@ -148,8 +139,7 @@ def _decode_split(
     """Decode straight into a memory-mapped temp ``.npy`` (a full-size VTAB test split does
     not have to fit in RAM), then rename it to ``out``. Rows whose image is in ``reuse`` (or
     earlier in this list) are copied, not decoded."""
-    tmp = _temp_name(out)
-    try:
+    with atomic_write(out) as tmp:
         shape = (len(items), 3, image_size, image_size)
         images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
         seen: dict[str, int] = {}
@@ -167,9 +157,6 @@ def _decode_split(
             seen.setdefault(fp, i)
         images.flush()
         del images
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _load_cached(x_path: Path, y_path: Path, mmap_mode: str) -> tuple[np.ndarray, np.ndarray]:

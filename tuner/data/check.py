@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tuner.data.fgvc import FGVC_SPLITS, image_dir, read_fgvc
-from tuner.data.tasks import TASKS
+from tuner.data.tasks import TASKS, layout_candidates
 from tuner.data.vtab import SPLITS, DataError, _parse_line, split_path
 
 SUITES = ("vtab1k", "synth", "fgvc")
@@ -146,7 +146,9 @@ def check_root(root: Path, tasks: list[str] | None = None) -> list[TaskReport]:
             reports += [check_task(t, found[t]) for t in match]
         else:
             suite, _, name = want.rpartition("/")
-            reports.append(check_task(want, root / (suite or "vtab1k") / name))
+            candidates = layout_candidates(root, suite or "vtab1k", name)
+            folder = next((c for c in candidates if c.is_dir()), candidates[0])
+            reports.append(check_task(want, folder))
     return reports
 
 

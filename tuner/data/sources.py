@@ -15,7 +15,7 @@ from pathlib import Path
 from tuner.data.cache import Item, vtab_items
 from tuner.data.fgvc import fgvc_files, read_fgvc
 from tuner.data.folder import read_folder_task
-from tuner.data.subsets import split_subset
+from tuner.data.subsets import parse_task
 from tuner.data.tasks import TaskInfo, get_task, task_dir
 from tuner.data.vtab import SPLITS, DataError, split_path
 
@@ -35,7 +35,7 @@ class Source:
 
 def read_source(task_id: str, data_root: Path) -> Source:
     """The base task's items (a subset suffix is ignored here; see ``load_task``)."""
-    base, _ = split_subset(task_id)
+    base = parse_task(task_id).base
     info = get_task(base)
     folder = task_dir(base, Path(data_root))
     if info.suite == "folder":

@@ -9,6 +9,7 @@ on any machine draws the same images while different folds draw different ones.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -34,6 +35,27 @@ class Subset:
         if self.count is not None:
             return self.count
         return max(1, round(float(self.fraction or 0) * n_train))
+
+
+@dataclass(frozen=True)
+class TaskRef:
+    """A task id parsed once: the full id, its base task and its subset (if any)."""
+
+    id: str
+    base: str
+    subset: Subset | None
+
+    @property
+    def suffix(self) -> str:
+        """``@400#1`` of ``synth/objects@400#1`` (empty without a subset)."""
+        return self.id[len(self.base) :]
+
+
+@functools.lru_cache(maxsize=4096)
+def parse_task(task_id: str) -> TaskRef:
+    """The ``TaskRef`` of an id (cached: ids are parsed once per process)."""
+    base, subset = split_subset(task_id)
+    return TaskRef(task_id, base, subset)
 
 
 def split_subset(task_id: str) -> tuple[str, Subset | None]:
@@ -67,7 +89,8 @@ def subset_indices(task_id: str, labels: np.ndarray) -> np.ndarray:
     proportion to what each class has left (largest remainder, ties broken by the seeded
     generator). ``n`` above the train size is a DataError naming task, n and size.
     """
-    base, subset = split_subset(task_id)
+    ref = parse_task(task_id)
+    base, subset = ref.base, ref.subset
     labels = np.asarray(labels)
     if subset is None:
         return np.arange(len(labels))

@@ -13,14 +13,16 @@ Two kinds of id are resolved on the fly rather than listed: user tasks ``folder:
 from __future__ import annotations
 
 import fnmatch
+import functools
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tuner.data.fgvc import FGVC_DATASETS
 from tuner.data.folder import PREFIX as FOLDER_PREFIX
 from tuner.data.folder import folder_classes, folder_path
-from tuner.data.subsets import split_subset
-from tuner.data.synthetic import SYNTH_TASKS
+from tuner.data.subsets import parse_task
+from tuner.data.synth import SYNTH_TASKS
+from tuner.util import unknown_message
 
 #: VTAB's groups: the leaderboard's group mean averages over these only.
 GROUPS = ("natural", "specialized", "structured")
@@ -92,25 +94,37 @@ def get_task(task_id: str) -> TaskInfo:
     ``folder:<path>`` reads the class count from the data (a missing or malformed folder is a
     DataError); a subset suffix keeps the base task's info under the full id.
     """
-    base, subset = split_subset(task_id)
+    ref = parse_task(task_id)
+    base, subset = ref.base, ref.subset
     if base.startswith(FOLDER_PREFIX):
         path = folder_path(base)
-        info = TaskInfo(base, "folder", str(path), "custom", folder_classes(path)[0])
+        info = _folder_info(base, str(path), _stamp(path))
     elif base in TASKS:
         info = TASKS[base]
     else:
-        ids = list(TASKS)
-        shown = ", ".join(ids[:20]) + (f", ... ({len(ids)} in all)" if len(ids) > 20 else "")
-        raise KeyError(
-            f"unknown task {task_id!r}; valid task ids: {shown}, or folder:<path>, "
-            "optionally with @<n>[#<fold>]"
-        )
+        extra = ", or folder:<path>, optionally with @<n>[#<fold>]"
+        raise KeyError(unknown_message("task", task_id, list(TASKS), 20, extra))
     return info if subset is None else replace(info, id=task_id)
+
+
+def _stamp(path: Path) -> tuple[int, ...] | None:
+    """Modification times of a user task and its direct entries (split folders, files):
+    any change that could change its classes changes the stamp."""
+    if not path.exists():
+        return None
+    entries = [path, *sorted(path.iterdir())] if path.is_dir() else [path]
+    return tuple(p.stat().st_mtime_ns for p in entries)
+
+
+@functools.lru_cache(maxsize=256)
+def _folder_info(base: str, path: str, stamp: tuple[int, ...] | None) -> TaskInfo:
+    """A user folder's info, read once per (folder, modification time) and process."""
+    return TaskInfo(base, "folder", path, "custom", folder_classes(Path(path))[0])
 
 
 def task_group(task_id: str) -> str:
     """The task's group without reading any data (a user folder may be gone by now)."""
-    base, _ = split_subset(task_id)
+    base = parse_task(task_id).base
     return "custom" if base.startswith(FOLDER_PREFIX) else get_task(base).group
 
 
@@ -118,12 +132,28 @@ def task_order(task_ids: list[str]) -> list[str]:
     """Registry order, each base task's subsets after it, then user tasks as given."""
     rank = {tid: i for i, tid in enumerate(TASKS)}
     given = {tid: i for i, tid in enumerate(dict.fromkeys(task_ids))}
-    return sorted(given, key=lambda t: (rank.get(split_subset(t)[0], len(rank)), given[t]))
+    return sorted(given, key=lambda t: (rank.get(parse_task(t).base, len(rank)), given[t]))
+
+
+def layout_candidates(data_root: Path, suite: str, name: str) -> list[Path]:
+    """Where a registered task may live under a data root, in order of preference.
+
+    ``ROOT/<suite>/<name>`` is the layout; VTAB-1k tasks also sit directly under ROOT as the
+    community ships them, and ROOT may be the suite folder itself. ``data check`` and sweeps
+    both resolve through here, so a root one accepts the other reads.
+    """
+    root = Path(data_root)
+    found = [root / suite / name]
+    if suite == "vtab1k" or root.name == suite:
+        found.append(root / name)
+    return found
 
 
 def task_dir(task_id: str, data_root: Path) -> Path:
-    """Where the task's data lives: ``data_root/<suite>/<name>``, or a user task's path."""
-    info = get_task(split_subset(task_id)[0])
+    """Where the task's data lives (see ``layout_candidates``), or a user task's path; the
+    canonical ``data_root/<suite>/<name>`` when none exists yet (synth tasks are written)."""
+    info = get_task(parse_task(task_id).base)
     if info.suite == "folder":
         return Path(info.name)
-    return Path(data_root) / info.suite / info.name
+    candidates = layout_candidates(Path(data_root), info.suite, info.name)
+    return next((c for c in candidates if c.is_dir()), candidates[0])

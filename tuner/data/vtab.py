@@ -11,10 +11,10 @@ problem raises :class:`DataError` naming the file, the line and what was expecte
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
+
+from tuner.util import atomic_write
 
 SPLITS = ("train800", "val200", "train800val200", "test")
 
@@ -94,8 +94,6 @@ def write_split(task_dir: Path, split: str, items: Sequence[tuple[str, int]]) ->
         if not ok:
             raise DataError(f"{path}: label {label!r} for {rel} is not a non-negative integer")
         lines.append(f"{rel} {int(label)}\n")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text("".join(lines))
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_text("".join(lines))
     return path

@@ -12,6 +12,7 @@ import fnmatch
 from typing import Any, TypeVar
 
 from tuner.methods.base import COMMON_HPARAMS, HParam, Method, count_trainable, set_merge_factor
+from tuner.util import unknown_message
 
 _REGISTRY: dict[str, type[Method]] = {}
 M = TypeVar("M", bound=type[Method])
@@ -40,7 +41,7 @@ def method_class(name: str) -> type[Method]:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise KeyError(f"unknown method {name!r}; valid: {', '.join(list_methods())}") from None
+        raise KeyError(unknown_message("method", name, list_methods())) from None
 
 
 def get(name: str, **hp: Any) -> Method:
@@ -62,9 +63,8 @@ from tuner.methods import (  # noqa: E402, F401, I001
     convpass,
     repadapter,
     fact,
-    spt_lora,
-    spt_adapter,
 )
+from tuner.methods.spt import spt_lora, spt_adapter  # noqa: E402, F401
 
 __all__ = [
     "COMMON_HPARAMS",

@@ -15,12 +15,16 @@ pretrained backbone, α = 1 the tuned model; weight-space interpolation needs no
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+from tuner.optim import adamw_groups, default_decays
+from tuner.records import Prepared
 
 #: Hyper-parameters every method accepts; they belong to the optimiser, not the method.
 COMMON_HPARAMS: dict[str, Any] = {"lr": 1e-3, "weight_decay": 1e-4, "drop_path": 0.0}
@@ -32,6 +36,38 @@ class HParam:
 
     default: Any
     help: str
+
+
+@dataclass
+class PrepareContext:
+    """What a method's pass over the training data may use (see ``Method.prepare``).
+
+    The trainer builds it; ``seed`` is the *study's* seed so tune and final runs of a study
+    share one result; ``fetch`` downloads a shared artifact (given by the sweep layer, None
+    outside a sweep) so a node without the cache need not recompute.
+    """
+
+    task: str
+    backbone: str
+    num_classes: int
+    seed: int
+    cache_dir: Path
+    device: torch.device
+    #: uint8 batch → model input (device, scaling, normalisation)
+    to_input: Callable[[torch.Tensor], torch.Tensor]
+    #: the normalisation tensors, part of "the data as the model sees it"
+    mean: torch.Tensor
+    std: torch.Tensor
+    shared_uri: str | None = None
+    fetch: Callable[[str, Path], Path | None] | None = None
+
+
+@dataclass
+class MethodReport:
+    """What a method wants a final run to keep beyond the usual: files and metrics."""
+
+    files: dict[str, bytes] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 class MergeScaled(nn.Module):
@@ -102,12 +138,33 @@ class Method(ABC):
         Default: matrices and convolution kernels decay; biases, norm affines, tokens,
         position embeddings and other vectors do not (the usual ViT fine-tuning recipe).
         """
-        is_token = name.endswith(("cls_token", "pos_embed", "reg_token"))
-        return param.ndim >= 2 and not is_token
+        return default_decays(name, param)
 
     def merge(self, model: nn.Module) -> nn.Module:
         """Fold the learned change into the backbone weights (re-parameterisable methods)."""
         raise TypeError(f"method {self.name!r} is not re-parameterisable; it has no merge()")
+
+    # -- optional hooks ---------------------------------------------------------------------
+    def prepare(
+        self,
+        model: nn.Module,
+        train: tuple[torch.Tensor, torch.Tensor],
+        ctx: PrepareContext,
+    ) -> Prepared | None:
+        """A pass over the training data before ``apply`` (SPT: sensitivity); none by default.
+
+        The sweep runs it once per study before any trial (``needs_prepare``), stores what it
+        leaves as an artifact and hands its URI to every trial and final run.
+        """
+        return None
+
+    @classmethod
+    def needs_prepare(cls) -> bool:
+        return cls.prepare is not Method.prepare
+
+    def report(self) -> MethodReport | None:
+        """Extra files and metrics a final run logs after training (SPT: its allocation)."""
+        return None
 
     # -- driven by the base class ----------------------------------------------------------
     def apply(self, model: nn.Module) -> nn.Module:
@@ -121,16 +178,32 @@ class Method(ABC):
 
     def param_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
         """AdamW parameter groups honouring ``decays``; frozen tensors are left out."""
-        decay, no_decay = [], []
-        for name, param in self.trainable_parameters(model):
-            (decay if self.decays(name, param) else no_decay).append(param)
-        groups = [{"params": decay, "weight_decay": weight_decay}]
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-        return [g for g in groups if g["params"]]
+        return adamw_groups(self.trainable_parameters(model), weight_decay, self.decays)
 
     def trainable_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """Just the trained tensors, for checkpoints and safetensors exports."""
         return {n: p.detach().clone() for n, p in self.trainable_parameters(model)}
+
+    def load_trainable_state_dict(
+        self, model: nn.Module, saved: dict[str, torch.Tensor], source: str = "state"
+    ) -> nn.Module:
+        """Copy saved trained tensors into an ``apply``-ed model; names and shapes must fit."""
+        params = dict(self.trainable_parameters(model))
+        missing, unexpected = sorted(set(params) - set(saved)), sorted(set(saved) - set(params))
+        if missing or unexpected:
+            raise ValueError(
+                f"{source}: trainable state does not fit method {self.name!r}: "
+                f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        with torch.no_grad():
+            for name, param in params.items():
+                if saved[name].shape != param.shape:
+                    raise ValueError(
+                        f"{source}: tensor {name} has shape {tuple(saved[name].shape)}, "
+                        f"model expects {tuple(param.shape)}"
+                    )
+                param.copy_(saved[name])
+        return model
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.hp.items())

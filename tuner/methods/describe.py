@@ -10,6 +10,7 @@ import torch
 from tuner.backbones import resolve_backbone  # also registers the tiny ViT with timm
 from tuner.methods import get, list_methods, method_class
 from tuner.methods.base import count_trainable
+from tuner.util import unknown_message
 
 
 def describe_methods() -> list[dict[str, Any]]:
@@ -36,7 +37,7 @@ def _coerce(method: str, key: str, value: Any) -> Any:
     hparams = method_class(method).hparams
     if key not in hparams:
         raise ValueError(
-            f"method {method!r} has no hyper-parameter {key!r}; valid: {sorted(hparams) or 'none'}"
+            f"method {method!r}: " + unknown_message("hyper-parameter", key, sorted(hparams))
         )
     default = hparams[key].default
     try:

@@ -109,10 +109,8 @@ class FacT(Method):
         for b, block in enumerate(blocks):
             first = b * SLICES_PER_BLOCK
             for path, out_chunks, in_chunks in TARGETS:
-                parent_path, _, attr = path.rpartition(".")
-                parent = block.get_submodule(parent_path)
-                layer = getattr(parent, attr)
-                setattr(parent, attr, FactLinear(layer, factors, first, out_chunks, in_chunks))
+                layer = block.get_submodule(path)
+                block.set_submodule(path, FactLinear(layer, factors, first, out_chunks, in_chunks))
                 first += out_chunks * in_chunks
 
     def trainable_parameters(self, model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
@@ -124,8 +122,7 @@ class FacT(Method):
         for name, module in list(modules_of_type(model, FactLinear)):
             with torch.no_grad():
                 module.base.weight += module.delta_weight().to(module.base.weight.dtype)
-            parent_path, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent_path), attr, module.base)
+            model.set_submodule(name, module.base)
         del model.petl_fact
         return model
 

@@ -45,12 +45,10 @@ class LoRALinear(MergeScaled):
 
 def wrap_linear(model: nn.Module, path: str, wrapper: type[nn.Module], **kw: object) -> None:
     """Replace the ``nn.Linear`` at dotted ``path`` in ``model`` by ``wrapper(linear, **kw)``."""
-    parent_path, _, attr = path.rpartition(".")
-    parent = model.get_submodule(parent_path) if parent_path else model
-    layer = getattr(parent, attr)
+    layer = model.get_submodule(path)
     if not isinstance(layer, nn.Linear):
         raise TypeError(f"{path} is {type(layer).__name__}, expected nn.Linear")
-    setattr(parent, attr, wrapper(layer, **kw))
+    model.set_submodule(path, wrapper(layer, **kw))
 
 
 def modules_of_type(model: nn.Module, kind: type[nn.Module]) -> Iterator[tuple[str, nn.Module]]:
@@ -84,6 +82,5 @@ class LoRA(Method):
 
     def merge(self, model: nn.Module) -> nn.Module:
         for name, module in list(modules_of_type(model, LoRALinear)):
-            parent_path, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent_path), attr, module.merged())
+            model.set_submodule(name, module.merged())
         return model

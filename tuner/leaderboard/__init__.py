@@ -1,0 +1,1 @@
+"""MLflow records → the leaderboard: ``collect``, ``summarise``, ``render``, ``stats`` (no Ray)."""

@@ -1,0 +1,49 @@
+"""The optimiser recipe shared by downstream training and the tiny ViT's pretraining.
+
+AdamW with decay on matrices only, and a per-step linear warm-up followed by cosine decay:
+one copy, so the pretraining recipe and the sweep's trainer cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from torch import nn
+
+TOKENS = ("cls_token", "pos_embed", "reg_token")
+
+
+def default_decays(name: str, param: nn.Parameter) -> bool:
+    """Matrices and kernels decay; biases, norm affines, tokens and position embeddings do
+    not (the usual ViT recipe: shrinking those toward zero only hurts)."""
+    return param.ndim >= 2 and not name.endswith(TOKENS)
+
+
+def adamw_groups(
+    named: Iterable[tuple[str, nn.Parameter]],
+    weight_decay: float,
+    decays: Callable[[str, nn.Parameter], bool] = default_decays,
+) -> list[dict[str, Any]]:
+    """AdamW parameter groups: ``weight_decay`` where ``decays`` says so, 0 elsewhere."""
+    decay, no_decay = [], []
+    for name, param in named:
+        (decay if decays(name, param) else no_decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """Multiplier for ``LambdaLR``: linear warm-up to 1, then cosine to 0."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor

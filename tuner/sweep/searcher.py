@@ -1,0 +1,66 @@
+"""The Optuna searcher of a study, honest about ASHA's early stops.
+
+Ray hands a trial that ASHA stopped to Optuna as *complete* with its truncated score, so TPE
+would learn from short runs as if they were final. ``HonestOptunaSearch`` tells Optuna such
+trials were *pruned* (their intermediate values are already reported).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from ray.tune.search.optuna import OptunaSearch
+
+from tuner.records import METRIC, trial_outcome
+
+
+class HonestOptunaSearch(OptunaSearch):
+    """OptunaSearch that reports ASHA-stopped trials to Optuna as PRUNED, not COMPLETE."""
+
+    def __init__(self, *args: Any, max_epochs: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_epochs = max_epochs
+        self.told: dict[str, str] = {}
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
+        outcome = trial_outcome(result, self.max_epochs)
+        if not error and outcome == "stopped_early" and trial_id not in self._completed_trials:
+            self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
+            self._completed_trials.add(trial_id)
+            self.told[trial_id] = "PRUNED"
+            return
+        super().on_trial_complete(trial_id, result, error)
+        state = self._ot_study.trials[-1].state if self._ot_study.trials else None
+        self.told[trial_id] = state.name if state is not None else "UNKNOWN"
+
+    def trial_states(self) -> dict[str, int]:
+        """How Optuna recorded every trial: counts by state name."""
+        counts: dict[str, int] = {}
+        for t in self._ot_study.trials:
+            counts[t.state.name] = counts.get(t.state.name, 0) + 1
+        return counts
+
+
+def tpe_searcher(seed: int, max_epochs: int) -> HonestOptunaSearch:
+    """A seeded TPE searcher maximising ``val/acc``."""
+    return HonestOptunaSearch(
+        metric=METRIC,
+        mode="max",
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        max_epochs=max_epochs,
+    )
+
+
+def restored_searcher(tuner: Any, fallback: HonestOptunaSearch | None) -> Any:
+    """The searcher a restored Tuner carries (its Optuna study holds every earlier trial).
+
+    Ray keeps it in the Tuner's tune config and may wrap it in a concurrency limiter; if
+    that layout ever changes, the fresh searcher is returned (its state counts are empty).
+    """
+    local = getattr(tuner, "_local_tuner", None)
+    alg = getattr(getattr(local, "_tune_config", None), "search_alg", None)
+    alg = getattr(alg, "searcher", alg)
+    return alg if isinstance(alg, HonestOptunaSearch) else fallback
