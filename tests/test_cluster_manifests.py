@@ -8,6 +8,7 @@ compared with ours, so the subset cannot silently drift from the real tool.
 
 from __future__ import annotations
 
+import configparser
 import copy
 import re
 import shutil
@@ -446,23 +447,80 @@ def test_mlflow_server(rendered: dict, target: str) -> None:
     pod = one(objs, "Deployment", "mlflow")["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     args = container["args"]
-    assert "--serve-artifacts" in args
-    opts = dict(a.split("=", 1) for a in args if "=" in a)
-    hosts = set(opts["--allowed-hosts"].split(","))
+    assert "--serve-artifacts" in args and "--app-name=basic-auth" in args
+    env = env_of(container)
+    hosts = set(env["MLFLOW_SERVER_ALLOWED_HOSTS"]["value"].split(","))
     for name in ("mlflow", "mlflow.petl-sweep", "mlflow.petl-sweep.svc.cluster.local"):
         assert {name, f"{name}:5000"} <= hosts, name
     assert "*" not in hosts
-    env = env_of(container)
-    var = re.fullmatch(r"\$\((\w+)\)", opts["--backend-store-uri"]).group(1)
-    uri = env[var]["value"]
+    uri = env["MLFLOW_BACKEND_STORE_URI"]["value"]
     assert uri.startswith("postgresql+psycopg2://") and "@postgres:5432/" in uri
     pw = re.search(r"\$\((\w+)\)@", uri).group(1)
     assert env[pw]["valueFrom"]["secretKeyRef"]["name"] == "petl-sweep-postgres"
+    for var in ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD",
+                "MLFLOW_FLASK_SERVER_SECRET_KEY"):  # fmt: skip
+        assert env[var]["valueFrom"]["secretKeyRef"]["name"] == "petl-sweep-mlflow-auth"
+    opts = {"--artifacts-destination": env["MLFLOW_ARTIFACTS_DESTINATION"]["value"]}
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     volume = {v["name"]: v for v in pod["volumes"]}[mounts[opts["--artifacts-destination"]]]
     assert volume["persistentVolumeClaim"]["claimName"] == "mlflow-artifacts"
     service_uri = f"http://{svc['metadata']['name']}:{svc['spec']['ports'][0]['port']}"
     assert service_uri == MLFLOW_URI
+    auth_volume = {v["name"]: v for v in pod["volumes"]}[mounts["/mlauth"]]
+    assert auth_volume["persistentVolumeClaim"]["claimName"] == "mlflow-auth"
+    auth_ini = configparser.ConfigParser()
+    auth_ini.read(ROOT / "docker" / "mlflow-auth.ini")
+    assert auth_ini["mlflow"]["database_uri"] == "sqlite:////mlauth/basic_auth.db"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_no_password_on_any_command_line(rendered: dict, target: str) -> None:
+    """argv is world-readable (ps): no container's command or args may carry a secret, not
+    even through $(VAR) expansion of an env var that holds one."""
+    for label, pod in pod_specs(rendered[target]):
+        for c in pod["containers"]:
+            env = env_of(c)
+            secretish = {n for n, e in env.items() if SECRETISH.search(n) or "valueFrom" in e}
+            secretish |= {
+                n for n, e in env.items() if re.search(r"://[^@/]+:[^@]+@", str(e.get("value", "")))
+            }
+            words = " ".join(str(w) for w in c.get("command", []) + c.get("args", []))
+            for name in secretish:
+                assert f"$({name})" not in words and f"${{{name}}}" not in words, (label, name)
+            assert not re.search(r"://[^@/\s]+:[^@\s]+@", words), f"{label}: credentials in argv"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_mlflow_requires_auth_and_only_ray_pods_reach_it(rendered: dict, target: str) -> None:
+    """Every Ray pod logs with the MLflow credentials from the Secret; a NetworkPolicy admits
+    only those pods to MLflow and only MLflow to PostgreSQL."""
+    objs = rendered[target]
+    client_label = ("petl-sweep.io/mlflow-client", "true")
+    for label, spec in ray_specs(objs):
+        for group_label, group in ray_groups(spec):
+            labels = group["template"].get("metadata", {}).get("labels", {})
+            assert labels.get(client_label[0]) == client_label[1], f"{label} {group_label}"
+            env = env_of(group["template"]["spec"]["containers"][0])
+            for var, key in (("MLFLOW_TRACKING_USERNAME", "username"),
+                             ("MLFLOW_TRACKING_PASSWORD", "password")):  # fmt: skip
+                ref = env[var]["valueFrom"]["secretKeyRef"]
+                assert ref == {"name": "petl-sweep-mlflow-auth", "key": key}, (label, var)
+    policies = {o["metadata"]["name"]: o["spec"] for o in objs if o["kind"] == "NetworkPolicy"}
+    by_target = {
+        p["podSelector"]["matchLabels"]["app.kubernetes.io/name"]: p for p in policies.values()
+    }
+    expected = [
+        ("mlflow", dict([client_label]), 5000),
+        ("postgres", {"app.kubernetes.io/name": "mlflow"}, 5432),
+    ]
+    for server, source, port in expected:
+        policy = by_target[server]
+        assert policy["policyTypes"] == ["Ingress"]
+        (rule,) = policy["ingress"]
+        assert rule["from"] == [{"podSelector": {"matchLabels": source}}], server
+        assert rule["ports"] == [{"protocol": "TCP", "port": port}], server
+        served = one(objs, "Service", server)["spec"]["ports"][0]["port"]
+        assert served == port, server
 
 
 def test_postgres_statefulset(rendered: dict) -> None:
