@@ -37,13 +37,27 @@ def adamw_groups(
     return [g for g in groups if g["params"]]
 
 
-def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
-    """Multiplier for ``LambdaLR``: linear warm-up to 1, then cosine to 0."""
+def warmup_cosine(
+    total_steps: int, warmup_steps: int, start: float | None = None, floor: float = 0.0
+) -> Callable[[int], float]:
+    """Multiplier for ``LambdaLR``: linear warm-up to 1, then cosine down to ``floor``.
+
+    ``start``: the multiplier at step 0 (timm's ``warmup_lr_init / lr``); None ramps from
+    1/warmup_steps. ``floor``: where the cosine ends (timm's ``lr_min / lr``). The seed
+    study warms up from 1e-6 and ends at 1e-5 (PETL_Vision's default_vtab_processed.yml)."""
 
     def factor(step: int) -> float:
         if step < warmup_steps:
-            return (step + 1) / warmup_steps
+            if start is None:
+                return (step + 1) / warmup_steps
+            return start + (1.0 - start) * step / warmup_steps
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return factor
+
+
+def decay_everything(name: str, param: nn.Parameter) -> bool:
+    """The seed study's policy: one AdamW over every tuned tensor, all with weight decay
+    (PETL_Vision's engine/optimizer.py), so bitfit's biases and ssf's scales decay too."""
+    return True

@@ -18,6 +18,7 @@ LOGGED = (
     "train/loss",
     "train/acc",
     "val/acc",
+    "val/loss",
     "test/acc",
     "epoch_time_s",
     "lr",

@@ -2,8 +2,11 @@
 
 Each bypass takes the same input as the module it sits beside (the LayerNorm output),
 projects tokens to r channels, runs a 3×3 convolution over the patch grid (prefix tokens
-are convolved as 1×1 maps, which sees only the kernel centre), applies QuickGELU and
-projects back up; the up-projection starts at zero and the sum is scaled by ``scale``.
+are convolved as 1×1 maps, which sees only the kernel centre), applies QuickGELU, dropout
+(0.1) and projects back up; the up-projection starts at zero and the sum is scaled by
+``scale``. As in the seed study (PETL_Vision ``model/convpass.py``) the projections start
+``lora_xavier`` and the 3×3 kernel either xavier-random (``xavier_init: true``) or as the
+identity at its centre (false, the default): a grid dimension of the study.
 Per bypass: 2·d·r + 9·r² + 2·r + d parameters.
 """
 
@@ -15,23 +18,33 @@ from torch import nn
 
 from tuner.methods import register
 from tuner.methods.base import HParam, MergeScaled
-from tuner.methods.hooks import BranchMethod, attach
+from tuner.methods.hooks import BranchMethod, attach, init_projections
 
 
 class ConvBypass(MergeScaled):
     def __init__(
-        self, dim: int, bottleneck: int, scale: float, grid: tuple[int, int], num_prefix: int
+        self,
+        dim: int,
+        bottleneck: int,
+        scale: float,
+        grid: tuple[int, int],
+        num_prefix: int,
+        xavier_init: bool = False,
+        dropout: float = 0.1,
     ) -> None:
         super().__init__()
         self.down = nn.Linear(dim, bottleneck)
         self.conv = nn.Conv2d(bottleneck, bottleneck, 3, padding=1)
         self.up = nn.Linear(bottleneck, dim)
-        nn.init.xavier_uniform_(self.down.weight)
-        nn.init.zeros_(self.down.bias)
-        nn.init.xavier_uniform_(self.conv.weight)
-        nn.init.zeros_(self.conv.bias)
-        nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
+        init_projections(self.down, self.up, "lora_xavier")
+        with torch.no_grad():
+            if xavier_init:
+                nn.init.xavier_uniform_(self.conv.weight)
+            else:  # the identity at the kernel centre: the bypass starts as a 1×1 pass-through
+                nn.init.zeros_(self.conv.weight)
+                self.conv.weight[:, :, 1, 1] += torch.eye(bottleneck)
+            nn.init.zeros_(self.conv.bias)
+        self.dropout = nn.Dropout(float(dropout))
         self.scale, self.grid, self.num_prefix = float(scale), grid, num_prefix
         self.init_merge_factor()
 
@@ -53,7 +66,7 @@ class ConvBypass(MergeScaled):
         patches = self.conv(grid).flatten(2).transpose(1, 2)
         centre = self.conv.weight[:, :, 1, 1]
         prefix = F.linear(prefix, centre, self.conv.bias)
-        h = self._act(torch.cat([prefix, patches], dim=1))
+        h = self.dropout(self._act(torch.cat([prefix, patches], dim=1)))
         return self.merge_factor * self.scale * self.up(h)
 
 
@@ -65,6 +78,8 @@ class Convpass(BranchMethod):
     hparams = {
         "bottleneck": HParam(8, "bypass hidden channels r"),
         "scale": HParam(1.0, "scale s of the bypass output"),
+        "xavier_init": HParam(False, "3x3 kernel: xavier-random (true) or centred identity"),
+        "dropout": HParam(0.1, "dropout before the up-projection (the study's 0.1)"),
     }
 
     positive = ("bottleneck",)
@@ -79,5 +94,7 @@ class Convpass(BranchMethod):
                     float(self.hp["scale"]),  # type: ignore[arg-type]
                     grid,
                     model.num_prefix_tokens,  # type: ignore[arg-type]
+                    bool(self.hp["xavier_init"]),
+                    float(self.hp["dropout"]),
                 )
                 attach(model, f"blocks.{i}.{site}", branch, "parallel")

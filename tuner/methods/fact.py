@@ -9,7 +9,8 @@ the four d×d chunks of fc1 and of fc2, 12 slices per block — and update them 
   2·d·r + r³ + 12·L·r parameters.
 
 V starts at zero, so the model starts as the pretrained one; ``merge`` adds ΔW to the
-weights. Wrapped linears apply the update low-rank (x → U → Σ → V) instead of forming ΔW.
+weights. Wrapped linears apply the update low-rank (x → U → Σ → dropout → V) instead of
+forming ΔW; the dropout (0.1) is the seed study's (PETL_Vision ``model/fact.py``).
 """
 
 from __future__ import annotations
@@ -32,9 +33,12 @@ SLICES_PER_BLOCK = sum(o * i for _, o, i in TARGETS)
 class Factors(MergeScaled):
     """The shared factors and the per-slice cores (TT) or Tucker core and loadings (TK)."""
 
-    def __init__(self, form: str, dim: int, rank: int, slices: int, scale: float) -> None:
+    def __init__(
+        self, form: str, dim: int, rank: int, slices: int, scale: float, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.form, self.scale = form, float(scale)
+        self.dropout = nn.Dropout(float(dropout))
         self.u = nn.Parameter(nn.init.xavier_uniform_(torch.empty(rank, dim)))
         self.v = nn.Parameter(torch.zeros(dim, rank))
         if form == "tt":
@@ -77,7 +81,7 @@ class FactLinear(nn.Module):
         outs = []
         for o in range(self.out_chunks):
             h = sum(hs[i] @ f.sigma(self._index(o, i)).t() for i in range(self.in_chunks))
-            outs.append(h @ f.v.t())
+            outs.append(f.dropout(h) @ f.v.t())
         update = torch.cat(outs, dim=-1)
         return self.base(x) + f.merge_factor * f.scale * update
 
@@ -104,6 +108,7 @@ class FacT(Method):
             int(self.hp["dim"]),  # type: ignore[arg-type]
             SLICES_PER_BLOCK * len(blocks),
             float(self.hp["scale"]),
+            float(self.hp["dropout"]),
         )
         model.add_module("petl_fact", factors)
         for b, block in enumerate(blocks):
@@ -132,7 +137,11 @@ class FacTTT(FacT):
     name = "fact_tt"
     description = "FacT-TT: shared low-rank factors with a core per weight slice (tensor-train)."
     paper = "Jie & Deng, FacT: Factor-Tuning for Lightweight Adaptation on ViT, AAAI 2023"
-    hparams = {"dim": HParam(8, "rank r of the factors"), "scale": HParam(1.0, "update scale s")}
+    hparams = {
+        "dim": HParam(8, "rank r of the factors"),
+        "scale": HParam(1.0, "update scale s"),
+        "dropout": HParam(0.1, "dropout inside the update (the study's 0.1)"),
+    }
     reparameterisable = True
     form = "tt"
 
@@ -142,6 +151,10 @@ class FacTTK(FacT):
     name = "fact_tk"
     description = "FacT-TK: shared low-rank factors with a Tucker core across all slices."
     paper = "Jie & Deng, FacT: Factor-Tuning for Lightweight Adaptation on ViT, AAAI 2023"
-    hparams = {"dim": HParam(32, "rank r of the factors"), "scale": HParam(1.0, "update scale s")}
+    hparams = {
+        "dim": HParam(32, "rank r of the factors"),
+        "scale": HParam(1.0, "update scale s"),
+        "dropout": HParam(0.1, "dropout inside the update (the study's 0.1)"),
+    }
     reparameterisable = True
     form = "tk"

@@ -14,6 +14,7 @@ multiplied by α (0 = the pretrained backbone).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import ClassVar, Literal
 
@@ -34,15 +35,35 @@ def branch_container(model: nn.Module) -> nn.ModuleDict:
 
 
 def attach(
-    model: nn.Module, path: str, branch: MergeScaled, placement: Placement
+    model: nn.Module,
+    path: str,
+    branch: MergeScaled,
+    placement: Placement,
+    source: str | None = None,
 ) -> torch.utils.hooks.RemovableHandle:
     """Register ``branch`` at the module ``path`` (e.g. ``blocks.3.mlp``) of ``model``.
 
-    The hook's handle is returned and kept on the branch (``branch.hook_handle``) so a
-    ``merge`` can remove exactly this hook.
+    ``source`` (parallel only): feed the branch the input of that module instead of the
+    target's, e.g. ``blocks.3.norm2`` so AdaptFormer reads the block's residual stream ``x``
+    rather than the MLP's input ``norm2(x)``. The hook's handle is returned and kept on the
+    branch (``branch.hook_handle``) so a ``merge`` can remove exactly this hook.
     """
     target = model.get_submodule(path)
     branch_container(model)[path.replace(".", "_")] = branch
+    if source is not None:
+        if placement != "parallel":
+            raise ValueError(f"source= only applies to parallel branches, not {placement!r}")
+        seen: list[torch.Tensor] = []
+
+        def remember(_m: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            seen[:] = [args[0]]
+
+        def from_source(_m: nn.Module, _args: tuple, out: torch.Tensor) -> torch.Tensor:
+            return out + branch(seen.pop())
+
+        model.get_submodule(source).register_forward_pre_hook(remember)
+        branch.hook_handle = target.register_forward_hook(from_source)
+        return branch.hook_handle
 
     if placement == "before":
 
@@ -61,21 +82,60 @@ def attach(
     return branch.hook_handle
 
 
-class Bottleneck(MergeScaled):
-    """``scale · α · up(act(down(x)))``; ``up`` starts at zero so the branch starts silent."""
+#: Initialisations of a down/up projection pair, as the seed study names them
+#: (PETL_Vision ``adapter_init``/``convpass_init``). The ``lora_*`` ones zero ``up`` (the
+#: branch starts silent); ``xavier`` starts it random (the study's Houlsby/Pfeiffer).
+INITS = ("lora_kaiming", "lora_xavier", "xavier")
 
-    def __init__(self, dim: int, bottleneck: int, scale: float, act: type[nn.Module] = nn.GELU):
+
+def init_projections(down: nn.Linear, up: nn.Linear, scheme: str | None) -> None:
+    """Initialise a bottleneck's projections by one of ``INITS``; None keeps torch's default
+    ``down`` and zeroes ``up`` (SPT's adapter, ziplab/SPT ``StructuredTuningModule``)."""
+    if scheme is None:
+        nn.init.zeros_(up.weight)
+        nn.init.zeros_(up.bias)
+        return
+    if scheme not in INITS:
+        raise ValueError(f"unknown init {scheme!r}; valid: {', '.join(INITS)}")
+    with torch.no_grad():
+        if scheme == "xavier":
+            nn.init.xavier_uniform_(down.weight)
+            nn.init.xavier_uniform_(up.weight)
+            nn.init.normal_(down.bias, std=1e-6)
+            nn.init.normal_(up.bias, std=1e-6)
+            return
+        if scheme == "lora_kaiming":
+            nn.init.kaiming_uniform_(down.weight, a=math.sqrt(5))
+        else:
+            nn.init.xavier_uniform_(down.weight)
+        nn.init.zeros_(up.weight)
+        nn.init.zeros_(down.bias)
+        nn.init.zeros_(up.bias)
+
+
+class Bottleneck(MergeScaled):
+    """``scale · α · up(dropout(act(down(x))))`` (the study's adapter, ``model/adapter.py``)."""
+
+    def __init__(
+        self,
+        dim: int,
+        bottleneck: int,
+        scale: float,
+        act: type[nn.Module] = nn.ReLU,
+        init: str | None = "lora_kaiming",
+        dropout: float = 0.0,
+    ):
         super().__init__()
         self.down = nn.Linear(dim, bottleneck)
         self.act = act()
+        self.dropout = nn.Dropout(float(dropout))
         self.up = nn.Linear(bottleneck, dim)
-        nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
+        init_projections(self.down, self.up, init)
         self.scale = float(scale)
         self.init_merge_factor()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.merge_factor * self.scale * self.up(self.act(self.down(x)))
+        return self.merge_factor * self.scale * self.up(self.dropout(self.act(self.down(x))))
 
 
 def branch_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:

@@ -3,7 +3,8 @@
 Applied to the fused ``qkv`` projection of every block, as in the seed study: with width d,
 rank r and L blocks it trains L·r·(d + 3d) parameters (0.29 M for ViT-B/16 at r = 8).
 B starts at zero, so the tuned model equals the pretrained one at initialisation, and the
-update folds into the weight (``merge``) for zero inference overhead.
+update folds into the weight (``merge``) for zero inference overhead. The update's input goes
+through dropout (0.1, the study's ``model/lora.py``); eval mode and ``merge`` are unaffected.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from tuner.methods.base import HParam, MergeScaled, Method, head_parameters
 class LoRALinear(MergeScaled):
     """``base(x) + α · B(A(x))`` with a frozen ``base`` and trainable rank-r ``A``, ``B``."""
 
-    def __init__(self, base: nn.Linear, rank: int) -> None:
+    def __init__(self, base: nn.Linear, rank: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.base = base
+        self.dropout = nn.Dropout(float(dropout))
         self.lora_a = nn.Parameter(torch.empty(rank, base.in_features))
         self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank))
         nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
@@ -33,7 +35,7 @@ class LoRALinear(MergeScaled):
         return self.merge_factor * (self.lora_b @ self.lora_a)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        update = (x @ self.lora_a.t()) @ self.lora_b.t()
+        update = (self.dropout(x) @ self.lora_a.t()) @ self.lora_b.t()
         return self.base(x) + self.merge_factor * update
 
     def merged(self) -> nn.Linear:
@@ -63,16 +65,22 @@ class LoRA(Method):
     name = "lora"
     description = "LoRA: trainable low-rank update beside each block's fused qkv projection."
     paper = "Hu et al., LoRA, ICLR 2022"
-    hparams = {"rank": HParam(8, "rank r of the update B·A")}
+    hparams = {
+        "rank": HParam(8, "rank r of the update B·A"),
+        "dropout": HParam(0.1, "dropout on the update's input (the study's 0.1)"),
+    }
     reparameterisable = True
 
     def validate(self) -> None:
         if int(self.hp["rank"]) < 1:
             raise ValueError(f"lora: rank must be >= 1, got {self.hp['rank']}")
+        if not 0 <= float(self.hp["dropout"]) < 1:
+            raise ValueError(f"lora: dropout must be in [0, 1), got {self.hp['dropout']}")
 
     def inject(self, model: nn.Module) -> None:
+        rank, dropout = int(self.hp["rank"]), float(self.hp["dropout"])
         for i, _ in enumerate(model.blocks):  # type: ignore[arg-type]
-            wrap_linear(model, f"blocks.{i}.attn.qkv", LoRALinear, rank=int(self.hp["rank"]))
+            wrap_linear(model, f"blocks.{i}.attn.qkv", LoRALinear, rank=rank, dropout=dropout)
 
     def trainable_parameters(self, model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
         for name, module in modules_of_type(model, LoRALinear):

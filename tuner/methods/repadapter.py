@@ -1,8 +1,9 @@
 """RepAdapter: linear adapters before attention and MLP, folded away after training.
 
 Luo et al. (2023) place ``x ← x + s · up(down(x))`` (no nonlinearity; ``up`` group-wise
-with 2 groups and zero-initialised) before the attention and before the MLP. The adapter
-is affine, so it merges into the next linear layer (``qkv`` / ``fc1``):
+with 2 groups and zero-initialised) before the attention and before the MLP, with dropout
+(0.1, the seed study's ``model/repadapter.py``) between the projections while training. The
+adapter is affine in eval mode, so it merges into the next linear layer (``qkv`` / ``fc1``):
 ``W(Mx + c) + b = (WM)x + (Wc + b)`` with ``M = I + sUD`` and ``c = s(U b_d + b_u)``.
 """
 
@@ -19,9 +20,10 @@ GROUPS = 2
 
 
 class LinearAdapter(MergeScaled):
-    def __init__(self, dim: int, bottleneck: int, scale: float) -> None:
+    def __init__(self, dim: int, bottleneck: int, scale: float, dropout: float = 0.0) -> None:
         super().__init__()
         self.down = nn.Linear(dim, bottleneck)
+        self.dropout = nn.Dropout(float(dropout))
         self.up = nn.Conv1d(bottleneck, dim, 1, groups=GROUPS)
         nn.init.xavier_uniform_(self.down.weight)
         nn.init.zeros_(self.down.bias)
@@ -31,7 +33,7 @@ class LinearAdapter(MergeScaled):
         self.init_merge_factor()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.up(self.down(x).transpose(-1, -2)).transpose(-1, -2)
+        h = self.up(self.dropout(self.down(x)).transpose(-1, -2)).transpose(-1, -2)
         return self.merge_factor * self.scale * h
 
     def affine(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,6 +58,7 @@ class RepAdapter(BranchMethod):
     hparams = {
         "bottleneck": HParam(8, "adapter hidden width r (even: 2 groups)"),
         "scale": HParam(1.0, "scale s of the adapter"),
+        "dropout": HParam(0.1, "dropout between the projections (the study's 0.1)"),
     }
     reparameterisable = True
 
@@ -71,6 +74,7 @@ class RepAdapter(BranchMethod):
                     model.embed_dim,
                     int(self.hp["bottleneck"]),
                     float(self.hp["scale"]),  # type: ignore[arg-type]
+                    float(self.hp["dropout"]),
                 )
                 attach(model, f"blocks.{i}.{site}", branch, "before")
 

@@ -32,6 +32,17 @@ class TrialSpec:
     epochs: int = 8
     batch_size: int = 64
     warmup_epochs: float = 1.0
+    #: lr at the first warm-up step (None: ramp from lr / warm-up steps)
+    warmup_lr_init: float | None = None
+    #: where the cosine ends (absolute lr)
+    lr_min: float = 0.0
+    #: "step": warm-up + cosine per optimiser step; "epoch": timm's CosineLRScheduler per
+    #: epoch, as the seed studies ran it
+    lr_schedule: str = "step"
+    #: "matrices": no decay on vectors/tokens (ViT recipe); "all": every tuned tensor (studies)
+    weight_decay_on: str = "matrices"
+    #: drop path of every run (the protocol's); None: the hyper-parameter (default 0)
+    drop_path: float | None = None
     label_smoothing: float = 0.0
     seed: int = 0
     data_root: str = "data"
@@ -44,6 +55,8 @@ class TrialSpec:
     prepared_uri: str | None = None
 
     def common(self, key: str) -> Any:
+        if key == "drop_path" and self.drop_path is not None and key not in self.hp:
+            return self.drop_path
         return self.hp.get(key, COMMON_HPARAMS[key])
 
     def to_dict(self) -> dict[str, Any]:

@@ -23,12 +23,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timm.scheduler import CosineLRScheduler
 
 from tuner import methods
 from tuner.backbones import create_backbone, input_spec
 from tuner.data import TaskData, load_task
 from tuner.methods.base import COMMON_HPARAMS, PrepareContext, count_trainable
-from tuner.optim import warmup_cosine
+from tuner.optim import adamw_groups, decay_everything, warmup_cosine
 from tuner.records import REUSED_SUFFIX, Prepared
 from tuner.training.spec import TrialSpec
 
@@ -94,15 +95,33 @@ class Trainer:
         self.eval_split = "val" if spec.stage == "tune" else "test"
         self.x_train, self.y_train = getattr(self.data, train_split)
         self.steps_per_epoch = math.ceil(len(self.y_train) / spec.batch_size)
-        self.optimizer = torch.optim.AdamW(
-            self.method.param_groups(self.model, float(spec.common("weight_decay"))),
-            lr=float(spec.common("lr")),
+        lr, wd = float(spec.common("lr")), float(spec.common("weight_decay"))
+        groups = (
+            adamw_groups(self.method.trainable_parameters(self.model), wd, decay_everything)
+            if spec.weight_decay_on == "all"
+            else self.method.param_groups(self.model, wd)
         )
+        self.optimizer = torch.optim.AdamW(groups, lr=lr)
         total = self.steps_per_epoch * spec.epochs
         warmup = min(total, round(spec.warmup_epochs * self.steps_per_epoch))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, warmup_cosine(total, max(1, warmup))
-        )
+        start = None if spec.warmup_lr_init is None else min(1.0, spec.warmup_lr_init / lr)
+        if spec.lr_schedule == "epoch":
+            # The seed studies' schedule exactly: timm's CosineLRScheduler over epochs
+            # (cosine over the whole run, warm-up included), stepped once per epoch.
+            self.scheduler = self.epoch_scheduler = CosineLRScheduler(
+                self.optimizer,
+                t_initial=spec.epochs,
+                warmup_t=round(spec.warmup_epochs),
+                lr_min=spec.lr_min,
+                warmup_lr_init=lr if spec.warmup_lr_init is None else spec.warmup_lr_init,
+            )
+        else:
+            self.epoch_scheduler = None
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+                self.optimizer,
+                warmup_cosine(total, max(1, warmup), start, min(1.0, spec.lr_min / lr)),
+            )
+        self.last_lr = self.optimizer.param_groups[0]["lr"]
         self.epoch = 0
         self.diverged = False
 
@@ -159,11 +178,16 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            self.scheduler.step()
+            self.last_lr = self.optimizer.param_groups[0]["lr"]
+            if self.epoch_scheduler is None:
+                self.scheduler.step()
             total_loss += loss.item() * len(y)
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
         self.epoch += 1
+        if self.epoch_scheduler is not None:
+            # the study's loop: timm steps once per epoch, with the epoch just finished
+            self.epoch_scheduler.step(self.epoch - 1)
         loss_value = total_loss / seen if seen and not self.diverged else float("nan")
         return {
             "train/loss": loss_value,
@@ -197,13 +221,18 @@ class Trainer:
             # Tuning reads val every epoch (ASHA needs it); the final stage reads test once,
             # after the last epoch, so no epoch can ever be chosen on test.
             if self.spec.stage == "tune" or self.epoch == self.spec.epochs or self.diverged:
-                metrics[key] = 0.0 if self.diverged else self.evaluate(self.eval_split)
+                if self.diverged:
+                    metrics[key] = 0.0
+                else:  # the loss too: overfitting shows in val loss before val accuracy
+                    logits, labels = self.predict(self.eval_split)
+                    metrics[key] = float((logits.argmax(1) == labels).float().mean())
+                    metrics[f"{self.eval_split}/loss"] = float(F.cross_entropy(logits, labels))
             metrics.update(
                 epoch=self.epoch,
                 diverged=float(self.diverged),
                 trainable_params=float(self.trainable),
                 trainable_params_without_head=float(self.trainable_without_head),
-                lr=self.scheduler.get_last_lr()[0],
+                lr=self.last_lr,
             )
             if self.prepared is not None:
                 reused = float(self.prepared.source != "computed")

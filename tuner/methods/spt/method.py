@@ -174,7 +174,7 @@ class SPTMethod(Method):
         with torch.device(device):
             if self.structure == "lora":
                 return LowRank(unit.cols, out, r)
-            return Bottleneck(out, r, float(self.hp["scale"]))
+            return Bottleneck(out, r, float(self.hp["scale"]), nn.GELU, init=None)
 
     # -- Method contract -------------------------------------------------------------------
     def inject(self, model: nn.Module) -> None:
