@@ -42,9 +42,16 @@ def parse_pairs(pairs: list[str], option: str = "--set", typed: bool = True) -> 
     return out
 
 
+PresetOpt = Annotated[
+    str | None,
+    typer.Option(help="a seed study's protocol (petl-sweep presets); the file is laid over it"),
+]
+
+
 @app.command()
 def run(
     config: Annotated[Path | None, typer.Argument(help="sweep.yaml (default: quickstart)")] = None,
+    preset: PresetOpt = None,
     set_: Annotated[
         list[str], typer.Option("--set", help="override, e.g. tune.num_samples=4")
     ] = [],  # noqa: B006
@@ -58,7 +65,7 @@ def run(
     from tuner.config import ConfigError, load_config
 
     try:
-        cfg = load_config(config, parse_pairs(set_))
+        cfg = load_config(config, parse_pairs(set_), preset)
     except (ConfigError, FileNotFoundError) as err:
         _fail(str(err))
     from tuner.backbones.weights import WeightsMismatchError
@@ -84,13 +91,20 @@ def leaderboard(
     ] = "sqlite:///results/mlflow.db",
     out: Annotated[Path, typer.Option(help="output folder")] = Path("results/leaderboard"),
     log: Annotated[bool, typer.Option(help="log a leaderboard run to the first experiment")] = True,
+    reference: Annotated[
+        list[str],
+        typer.Option(
+            help="published numbers beside ours, matched on task, method and backbone: "
+            "a shipped name (petl_vision) or a JSON path (repeatable)"
+        ),
+    ] = [],  # noqa: B006
 ) -> None:
     """Rebuild the leaderboard from MLflow (any server, one or several sweeps)."""
     from tuner.leaderboard.build import build, publish
 
     try:
         paths, tracker = build(
-            tracking_uri, experiment, out, "petl-sweep: " + " + ".join(experiment)
+            tracking_uri, experiment, out, "petl-sweep: " + " + ".join(experiment), reference
         )
     except ValueError as err:
         _fail(str(err))
@@ -130,6 +144,99 @@ def ui(
         raise typer.Exit(process.wait())
     except KeyboardInterrupt:
         process.terminate()
+
+
+@app.command()
+def presets() -> None:
+    """List the seed studies' protocols shipped as presets (run --preset NAME)."""
+    from tuner.presets import list_presets
+
+    table = Table(title="presets (petl-sweep run --preset NAME \\[sweep.yaml])")
+    table.add_column("preset")
+    table.add_column("what it runs")
+    for name, text in list_presets().items():
+        table.add_row(name, text)
+    console.print(table)
+
+
+@app.command()
+def plan(
+    config: Annotated[Path | None, typer.Argument(help="sweep.yaml (default: quickstart)")] = None,
+    preset: PresetOpt = None,
+    set_: Annotated[
+        list[str], typer.Option("--set", help="override, e.g. tune.num_samples=4")
+    ] = [],  # noqa: B006
+    epoch_seconds: Annotated[
+        float | None, typer.Option(help="seconds per trial epoch, for a device-hours estimate")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """The resolved plan without running it: protocol, studies, trials and trial-epochs."""
+    from tuner.config import ConfigError, load_config
+    from tuner.sweep.estimate import describe_plan
+
+    try:
+        cfg = load_config(config, parse_pairs(set_), preset)
+        info = describe_plan(cfg, epoch_seconds)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    if as_json:
+        print(json.dumps(info, indent=2, default=str))
+        return
+    console.print(
+        f"[bold]{info['name']}[/]: {info['studies']} studies ({info['tasks']} tasks × "
+        f"{len(info['methods'])} methods) on {info['backbone']}, search {info['search']['space']}"
+    )
+    proto = Table(title="protocol", show_header=False)
+    for key, value in info["protocol"].items():
+        proto.add_row(key, str(value))
+    console.print(proto)
+    epochs = info["trial_epochs"]
+    console.print(
+        f"trial-epochs: tuning {epochs['tune_expected']:,.0f} expected "
+        f"(at most {epochs['tune_max']:,}), final {epochs['final']:,}"
+    )
+    if "device_hours" in info:
+        hours = info["device_hours"]
+        console.print(
+            f"device-hours at {hours['epoch_seconds']} s/epoch × {hours['devices_per_trial']} "
+            f"devices/trial: {hours['expected']} expected, at most {hours['max']}"
+        )
+
+
+spaces_app = typer.Typer(no_args_is_help=True, help="Search spaces: the shipped grids and domains.")
+app.add_typer(spaces_app, name="spaces")
+
+
+@spaces_app.command("show")
+def spaces_show(
+    method: Annotated[str, typer.Argument(help="registered method name")],
+    space: Annotated[str, typer.Option(help="optuna or published_grid")] = "published_grid",
+    spaces_dir: Annotated[Path | None, typer.Option(help="another search_spaces folder")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """A method's search space with the common keys merged in (a grid: every value)."""
+    from tuner.sweep.spaces import grid_points, load_space
+
+    if space not in ("optuna", "published_grid"):
+        _fail(f"--space must be optuna or published_grid, got {space!r}")
+    try:
+        domains = load_space(method, space, spaces_dir)  # type: ignore[arg-type]
+    except (KeyError, ValueError, FileNotFoundError) as err:
+        _fail(str(err.args[0]) if err.args else str(err))
+    expanded = {k: list(d.args) if d.kind == "choice" else {d.kind: list(d.args)}
+                for k, d in domains.items()}  # fmt: skip
+    if as_json:
+        print(json.dumps({"method": method, "space": space, "keys": expanded}))
+        return
+    table = Table(title=f"{method}: {space}")
+    table.add_column("key")
+    table.add_column("values / domain")
+    for key, values in expanded.items():
+        table.add_row(key, str(values))
+    console.print(table)
+    if space == "published_grid":
+        console.print(f"{len(grid_points(domains))} grid points")
 
 
 @app.command()

@@ -39,6 +39,9 @@ class TuneSettings(_Strict):
     reduction_factor: int = Field(2, ge=2, description="ASHA: keep 1/rf of trials per rung")
     max_concurrent_trials: int = Field(2, ge=1, description="running trials per study")
     checkpoint_every: int = Field(1, ge=1, description="epochs between trial checkpoints")
+    early_stopping: bool = Field(
+        True, description="ASHA; false: every trial runs max_epochs (a grid search as published)"
+    )
 
     @model_validator(mode="after")
     def _grace_fits(self) -> TuneSettings:
@@ -60,6 +63,19 @@ class SearchSettings(_Strict):
 class TrainSettings(_Strict):
     batch_size: int = Field(64, ge=1)
     warmup_epochs: float = Field(1.0, ge=0)
+    warmup_lr_init: float | None = Field(
+        None, ge=0, description="lr at the first warm-up step (studies: 1e-6); None: lr/steps"
+    )
+    lr_min: float = Field(0.0, ge=0, description="cosine floor (studies: 1e-5)")
+    lr_schedule: Literal["step", "epoch"] = Field(
+        "step", description="epoch: timm's CosineLRScheduler stepped per epoch (the studies)"
+    )
+    weight_decay_on: Literal["matrices", "all"] = Field(
+        "matrices", description="all: every tuned tensor decays (the seed studies)"
+    )
+    drop_path: float | None = Field(
+        None, ge=0, lt=1, description="fixed drop path for every run (studies: 0.1)"
+    )
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     pretrained: bool = True
     normalize: bool = Field(True, description="False: [0, 1] pixels, no mean/std (seed studies)")
@@ -243,20 +259,34 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> SweepConfig:
         raise ConfigError(f"{source}: invalid sweep config\n" + "\n".join(lines)) from None
 
 
-def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> SweepConfig:
-    """Read ``path`` (default: the built-in quickstart) and apply top-level overrides."""
-    path = path or QUICKSTART
-    if not path.exists():
-        raise ConfigError(f"{path}: no such sweep config")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a sweep config is a mapping, got {type(data).__name__}")
+def load_config(
+    path: Path | None, overrides: dict[str, Any] | None = None, preset: str | None = None
+) -> SweepConfig:
+    """Read ``path`` (default: the built-in quickstart, or only ``preset`` when one is given),
+    lay it over ``preset``'s config (``tuner/presets``) and apply top-level overrides."""
+    from tuner.presets import deep_merge, preset_data
+
+    data: dict[str, Any] = {}
+    if preset:
+        try:
+            data = preset_data(preset)
+        except (KeyError, ValueError) as err:
+            raise ConfigError(str(err.args[0])) from None
+    if path is not None or not preset:
+        path = path or QUICKSTART
+        if not path.exists():
+            raise ConfigError(f"{path}: no such sweep config")
+        try:
+            own = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        if not isinstance(own, dict):
+            raise ConfigError(f"{path}: a sweep config is a mapping, got {type(own).__name__}")
+        data = deep_merge(data, own)
     for key, value in (overrides or {}).items():
         _set_path(data, key.split("."), value)
-    return parse_config(data, str(path))
+    source = " over ".join(str(s) for s in (path, preset and f"preset {preset}") if s)
+    return parse_config(data, source)
 
 
 def _set_path(data: dict[str, Any], keys: list[str], value: Any) -> None:

@@ -30,9 +30,12 @@ TINY_ARGS: dict[str, Any] = dict(
 )
 #: Classes of the synthetic upstream task the tiny ViT was pretrained on.
 TINY_UPSTREAM_CLASSES = 64
-#: Short names for the seed studies' backbones (timm ``architecture.tag``).
+#: Short names for the seed studies' backbones (timm ``architecture.tag``). ``vit_b16_in21k``
+#: is the original ViT-B/16 ImageNet-21k checkpoint (Google's ``ViT-B_16.npz``), the one all
+#: three seed studies load; timm's later AugReg training of it is ``vit_b16_in21k_augreg``.
 PRESETS: dict[str, str] = {
-    "vit_b16_in21k": "vit_base_patch16_224.augreg_in21k",
+    "vit_b16_in21k": "vit_base_patch16_224.orig_in21k",
+    "vit_b16_in21k_augreg": "vit_base_patch16_224.augreg_in21k",
     "clip_vit_b16": "vit_base_patch16_clip_224.openai",
     "dinov2_vit_b14": "vit_base_patch14_dinov2.lvd142m",
     "mae_vit_b16": "vit_base_patch16_224.mae",

@@ -17,6 +17,7 @@ import ray
 from tuner.config import SweepConfig
 from tuner.records import LOGGED, FinalResult, StudySummary
 from tuner.sweep.specs import trial_spec
+from tuner.sweep.study import protocol_hash
 from tuner.tracking.artifacts import environment_info, predictions_bytes, trainable_bytes
 from tuner.tracking.client import fetch_artifact
 from tuner.training.trainer import train_one
@@ -76,6 +77,7 @@ def log_final(cfg: SweepConfig, tracker: Any, result: FinalResult, dataset: dict
         "task": spec.task,
         "method": spec.method,
         "backbone": cfg.backbone,
+        "protocol": protocol_hash(cfg),
         "stage": "final",
         "study": result.study,
         "sweep": cfg.name,

@@ -48,6 +48,14 @@ class StudySpec:
         return self.key.replace("/", "-").replace(":", "__")
 
 
+def study_space(cfg: SweepConfig, method: str) -> dict[str, Domain]:
+    """The method's search space, less what the protocol fixes (``train.drop_path``)."""
+    space = load_space(method, cfg.search.space, cfg.search.spaces_dir)
+    if cfg.train.drop_path is not None:
+        space.pop("drop_path", None)
+    return space
+
+
 def plan(cfg: SweepConfig) -> list[StudySpec]:
     """One study per (task, method), tasks outermost so early results span methods."""
     return [
@@ -55,7 +63,7 @@ def plan(cfg: SweepConfig) -> list[StudySpec]:
             task=task,
             method=method,
             seed=stable_seed(cfg.seed, task, method),
-            space=load_space(method, cfg.search.space, cfg.search.spaces_dir),
+            space=study_space(cfg, method),
             fixed=dict(cfg.search.fixed.get(method, {})),
         )
         for task in cfg.tasks

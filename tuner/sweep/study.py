@@ -18,9 +18,10 @@ from typing import Any
 
 import ray
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from tuner import methods
+from tuner.backbones import resolve_backbone
 from tuner.config import SweepConfig
 from tuner.records import METRIC, StudySummary, TrialRecord, first_line, trial_outcome
 from tuner.sweep.callbacks import MLflowTrialCallback
@@ -30,6 +31,7 @@ from tuner.sweep.spaces import Domain
 from tuner.sweep.specs import trial_spec
 from tuner.sweep.trainable import study_trainable
 from tuner.training.spec import TrialSpec
+from tuner.util import content_hash
 
 
 def to_ray_space(space: dict[str, Domain], grid: bool) -> dict[str, Any]:
@@ -72,11 +74,32 @@ def no_result_reason(trials: list[TrialRecord]) -> str:
     return f"no trial ran every epoch ({ended})"
 
 
+def protocol_hash(cfg: SweepConfig) -> str:
+    """The sweep's training protocol as 8 hex digits (the ``protocol`` tag of its runs).
+
+    The leaderboard never averages runs of different protocols, even when several
+    experiments are merged. Unlike ``study_hash`` it leaves out task, method and data, so
+    every run of one sweep shares it: backbone, weights file, tuning budget, training and
+    final settings, search space kind."""
+    budget = ("num_samples", "max_epochs", "grace_period", "reduction_factor", "early_stopping")
+    weights = cfg.backbone_weights
+    content = {
+        "backbone": resolve_backbone(cfg.backbone),
+        "weights": weights.rstrip("/").rsplit("/", 1)[-1] if weights else None,
+        "tune": {k: v for k, v in cfg.tune.model_dump().items() if k in budget},
+        "train": cfg.train.model_dump(),
+        "final_epochs": cfg.final_epochs,
+        "space": cfg.search.space,
+    }
+    return content_hash(content, 8)
+
+
 def study_tags(cfg: SweepConfig, study: StudySpec) -> dict[str, str]:
     return {
         "task": study.task,
         "method": study.method,
         "backbone": cfg.backbone,
+        "protocol": protocol_hash(cfg),
         "stage": "tune",
         "study": study.key,
         "sweep": cfg.name,
@@ -132,7 +155,9 @@ def _new_tuner(
                 max_t=cfg.tune.max_epochs,
                 grace_period=cfg.tune.grace_period,
                 reduction_factor=cfg.tune.reduction_factor,
-            ),
+            )
+            if cfg.tune.early_stopping
+            else FIFOScheduler(),
             num_samples=1 if grid else cfg.tune.num_samples,
             max_concurrent_trials=cfg.tune.max_concurrent_trials,
             reuse_actors=True,
