@@ -2,33 +2,47 @@
 
 ``build`` collects from any tracking server and writes every file; ``publish`` logs them as
 a ``leaderboard`` run, so the MLflow UI holds the table beside the runs it came from.
+``references`` (shipped names or JSON paths) put published numbers beside ours.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from tuner.leaderboard.collect import Records, collect
+from tuner.leaderboard.collect import ROW_COLUMNS, Records, Reference, collect, load_reference
 from tuner.leaderboard.render import heatmap_png, html_page, pareto_png, to_markdown
-from tuner.leaderboard.summarise import NOTE, method_means, ordered, summarise, wide_table
+from tuner.leaderboard.summarise import (
+    compare,
+    method_means,
+    notes,
+    ordered,
+    summarise,
+    wide_table,
+)
 from tuner.records import PARENT_RUN_TAG
 from tuner.tracking.client import TrackingService
 
 
-def write(records: Records, out_dir: Path, title: str) -> dict[str, Path]:
-    """Parquet (per run and summary), markdown, HTML and PNG plots under ``out_dir``."""
+def write(
+    records: Records, out_dir: Path, title: str, references: list[Reference] | None = None
+) -> dict[str, Path]:
+    """Parquet (per run and summary), markdown, HTML and PNG plots under ``out_dir``; with
+    ``references``, also ``leaderboard_reference.parquet`` (ours, published, Δ per cell)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarise(records)
-    tasks, methods = ordered(summary)
+    tasks, rows = ordered(summary)
     summary = summary.sort_values(
-        ["method", "task"],
+        ["row", "task"],
         key=lambda col: col.map(
-            {**{m: i for i, m in enumerate(methods)}, **{t: i for i, t in enumerate(tasks)}}
+            {**{m: i for i, m in enumerate(rows)}, **{t: i for i, t in enumerate(tasks)}}
         ),
     ).reset_index(drop=True)
-    wide = wide_table(summary, records.tune_hours, records.lost_hours)
+    comparisons = [compare(summary, ref) for ref in references or []]
+    wide = wide_table(summary, records.tune_hours, records.lost_hours, comparisons)
+    note = notes(summary, references)
     paths = {
         "runs": out_dir / "leaderboard_runs.parquet",
         "summary": out_dir / "leaderboard.parquet",
@@ -39,12 +53,15 @@ def write(records: Records, out_dir: Path, title: str) -> dict[str, Path]:
     }
     records.finals.to_parquet(paths["runs"], index=False)
     summary.to_parquet(paths["summary"], index=False)
-    paths["markdown"].write_text(NOTE + "\n\n" + to_markdown(wide))
+    if references:
+        paths["reference"] = out_dir / "leaderboard_reference.parquet"
+        pd.concat(comparisons, ignore_index=True).to_parquet(paths["reference"], index=False)
+    paths["markdown"].write_text(note + "\n\n" + to_markdown(wide))
     images = {
         "Test accuracy per method and task": paths["heatmap"],
         "Accuracy vs trainable parameters": paths["pareto"],
     }
-    paths["html"].write_text(html_page(wide, title, images, NOTE))
+    paths["html"].write_text(html_page(wide, title, images, note))
     return paths
 
 
@@ -55,11 +72,10 @@ def publish(tracker: TrackingService, paths: dict[str, Path], sweep: str) -> str
     for path in paths.values():
         tracker.log_artifact(key, path, "leaderboard")
     means = method_means(pd.read_parquet(paths["summary"]))
-    for method, row in means.iterrows():
+    for row in means.itertuples():
+        prefix = row.row_key  # the method alone unless backbones or protocols differ
         tracker.log_metrics(
-            key,
-            {f"{method}/mean_flat": row["mean_flat"], f"{method}/mean_group": row["mean_group"]},
-            0,
+            key, {f"{prefix}/mean_flat": row.mean_flat, f"{prefix}/mean_group": row.mean_group}, 0
         )
     tracker.end_run(key)
     annotate_studies(tracker, pd.read_parquet(paths["summary"]))
@@ -72,11 +88,11 @@ def annotate_studies(tracker: TrackingService, summary: pd.DataFrame) -> int:
     The runs table then compares studies on the same columns as the leaderboard (with their
     ``val/acc`` and ``best.*`` params), and the parallel-coordinates chart spans them.
     """
-    rows = {(r.task, r.method): r for r in summary.itertuples()}
+    rows = {(r.task, *(getattr(r, c) for c in ROW_COLUMNS)): r for r in summary.itertuples()}
     done = 0
     for run in tracker.find({"stage": "tune"}):
         tags = run["tags"]
-        row = rows.get((tags.get("task"), tags.get("method")))
+        row = study_row(rows, tags)
         if PARENT_RUN_TAG in tags or row is None:
             continue
         key = f"study/{run['run_id']}"
@@ -87,12 +103,34 @@ def annotate_studies(tracker: TrackingService, summary: pd.DataFrame) -> int:
     return done
 
 
+def study_row(rows: dict[tuple[str, ...], Any], tags: dict[str, str]) -> Any:
+    """The summary row of a study's parent run: same task, backbone, protocol and method.
+
+    A study logged before runs carried a ``protocol`` tag matches on the rest, when that
+    leaves exactly one row (a resumed sweep can pair such a study with newer finals)."""
+    if "task" not in tags or "method" not in tags:
+        return None
+    task, backbone = tags["task"], tags.get("backbone", "")
+    if "protocol" in tags:
+        return rows.get((task, backbone, tags["protocol"], tags["method"]))
+    found = [r for k, r in rows.items() if (k[0], k[1], k[3]) == (task, backbone, tags["method"])]
+    return found[0] if len(found) == 1 else None
+
+
 def build(
-    tracking_uri: str, experiments: list[str], out_dir: Path, title: str
+    tracking_uri: str,
+    experiments: list[str],
+    out_dir: Path,
+    title: str,
+    references: list[str] | None = None,
 ) -> tuple[dict[str, Path], TrackingService]:
-    """Collect from ``experiments`` and write every output; returns paths and a tracker."""
+    """Collect from ``experiments`` and write every output; returns paths and a tracker.
+
+    ``references``: shipped reference names (``petl_vision``) or JSON paths, loaded before
+    anything is read from MLflow so a typo fails fast."""
+    loaded = [load_reference(r) for r in references or []]
     trackers = [TrackingService(tracking_uri, name, create=False) for name in experiments]
     records = collect(trackers)
     if records.finals.empty:
         raise ValueError(f"no finished final runs in experiment(s) {experiments} at {tracking_uri}")
-    return write(records, out_dir, title), trackers[0]
+    return write(records, out_dir, title, loaded), trackers[0]

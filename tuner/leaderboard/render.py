@@ -2,7 +2,8 @@
 
 The page has no external assets (it must open from an MLflow artifact or a file:// URL on
 an air-gapped cluster): the plots are embedded PNGs and the table sorts with a few lines
-of inline JavaScript. Bold = best on a task, underline = statistically tied with the best.
+of inline JavaScript. Bold = best on a task, underline = statistically tied with the best;
+published reference numbers are grey italics, their Δ rows green (ours higher) or red.
 """
 
 from __future__ import annotations
@@ -20,12 +21,19 @@ import numpy as np
 import pandas as pd
 
 
+def _row_column(summary: pd.DataFrame) -> str:
+    """The leaderboard row (``row``: method, or method @ backbone): plotting by ``method``
+    alone would average backbones; plain frames without it still plot by method."""
+    return "row" if "row" in summary.columns else "method"
+
+
 def heatmap_png(summary: pd.DataFrame, path: Path) -> Path:
-    """Methods × tasks test accuracy as a heatmap."""
-    grid = summary.pivot_table(index="method", columns="task", values="test_acc")
+    """Rows (methods) × tasks test accuracy as a heatmap."""
+    label = _row_column(summary)
+    grid = summary.pivot_table(index=label, columns="task", values="test_acc")
     # keep the caller's row/column order (the leaderboard's), not pandas' alphabetical one
     grid = grid.reindex(
-        index=list(dict.fromkeys(summary["method"])), columns=list(dict.fromkeys(summary["task"]))
+        index=list(dict.fromkeys(summary[label])), columns=list(dict.fromkeys(summary["task"]))
     )
     fig, ax = plt.subplots(
         figsize=(max(5.0, 1.2 + 1.1 * grid.shape[1]), 1.2 + 0.45 * grid.shape[0])
@@ -50,7 +58,7 @@ def pareto_axes(summary: pd.DataFrame) -> tuple[plt.Figure, plt.Axes]:
     The x axis is symmetric-log (linear below 1): a method that adds nothing but the head
     (linear probing) sits at a labelled 0, not at a fake 10⁰.
     """
-    per_method = summary.groupby("method", sort=False).agg(
+    per_method = summary.groupby(_row_column(summary), sort=False).agg(
         acc=("test_acc", "mean"), params=("trainable_params_without_head", "max")
     )
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -132,6 +140,8 @@ table {{ border-collapse: collapse; margin: 1em 0; }}
 th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
 th {{ background: #f0f0f0; cursor: pointer; }} td:first-child {{ text-align: left; }}
 td.best {{ font-weight: bold; }} td.tied {{ text-decoration: underline; }}
+td.ref {{ color: #555; font-style: italic; }}
+td.up {{ color: #1a7f37; }} td.down {{ color: #b3261e; }}
 figure {{ display: inline-block; margin: 1em; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>

@@ -1,29 +1,44 @@
-"""Final runs → the leaderboard's numbers: per (task, method) means, ties, method means.
+"""Final runs → the leaderboard's numbers: per (task, row) means, ties, row means.
 
-Numbers are test accuracies of the best *val* config per (task, method), retrained on
+A row is (backbone, protocol, method): runs of two backbones or two protocols are never
+averaged as if they were seeds. With one backbone and protocol a row is labelled by its
+method alone (the table of a single sweep); otherwise ``method @ backbone``, plus the
+protocol hash when two protocols share a backbone.
+
+Numbers are test accuracies of the best *val* config per (task, row), retrained on
 train800val200, mean ± std over seeds. Two means are reported and always labelled: *flat*
 (over tasks) and *group* (mean of the per-group means, VTAB's Natural / Specialized /
 Structured). Per task, bold = best and underline = tied with the best under a paired
-bootstrap over test examples.
+bootstrap over test examples, among rows of the same backbone and protocol.
+
+Published numbers (a ``Reference``) sit under the row they match, with a Δ row (ours −
+published), only where task, method and backbone all match.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Any
 
 import pandas as pd
 
+from tuner.backbones import resolve_backbone
 from tuner.data.tasks import GROUPS, task_group, task_order
-from tuner.leaderboard.collect import Records
+from tuner.leaderboard.collect import ROW_COLUMNS, Records, Reference, RowKey
 from tuner.leaderboard.stats import bootstrap_ties, per_example_accuracy
 from tuner.methods import list_methods
 
+#: A cell of the wide table: (text, sort value, style)
+Cell = tuple[str, float, str]
+MISSING: Cell = ("–", -1, "")
+
 
 def summarise(records: Records, seed: int = 0) -> pd.DataFrame:
-    """Per (task, method): mean/std test acc over seeds, params, group, best/tied flags."""
+    """Per (task, row): mean/std test acc over seeds, params, group, best/tied flags."""
     frame = records.finals
     summary = (
-        frame.groupby(["task", "method"], sort=False)
+        frame.groupby(["task", *ROW_COLUMNS], sort=False)
         .agg(
             test_acc=("test_acc", "mean"),
             test_acc_std=("test_acc", "std"),
@@ -38,54 +53,159 @@ def summarise(records: Records, seed: int = 0) -> pd.DataFrame:
     summary["test_acc_std"] = summary["test_acc_std"].fillna(0.0)
     summary["group"] = [task_group(t) for t in summary["task"]]
     summary["best"], summary["tied"] = False, False
-    for task, rows in summary.groupby("task"):
-        accuracy = {m: per_example_accuracy(records.correct[(task, m)]) for m in rows["method"]}
+    # ties within one backbone and protocol: across them a gap is not the method's doing
+    for (task, backbone, protocol), rows in summary.groupby(["task", "backbone", "protocol"]):
+        accuracy = {
+            m: per_example_accuracy(records.correct[(task, backbone, protocol, m)])
+            for m in rows["method"]
+        }
         ties = bootstrap_ties(accuracy, seed=seed)
         for index, method in zip(rows.index, rows["method"], strict=True):
             summary.loc[index, "best"] = ties[method]["best"]
             summary.loc[index, "tied"] = ties[method]["tied"]
-    return summary
+    return label_rows(summary)
+
+
+def several_setups(summary: pd.DataFrame) -> bool:
+    """Whether the runs span more than one backbone or protocol (labels then say which)."""
+    return len(summary[["backbone", "protocol"]].drop_duplicates()) > 1
+
+
+def label_rows(summary: pd.DataFrame) -> pd.DataFrame:
+    """Add ``row`` (the table's label) and ``row_key`` (an MLflow-safe metric prefix).
+
+    One backbone and protocol: the method, as a single sweep's table always showed.
+    Otherwise ``method @ backbone``, and ``[protocol]`` where a backbone has two."""
+    several = several_setups(summary)
+    protocols = summary.groupby("backbone")["protocol"].nunique()
+    labels, keys = [], []
+    for backbone, protocol, method in summary[ROW_COLUMNS].itertuples(index=False):
+        label, parts = method, [method]
+        if several:
+            label += f" @ {backbone or 'unknown-backbone'}"
+            parts.append(backbone or "unknown-backbone")
+            if protocols[backbone] > 1:
+                label += f" [{protocol or 'untagged'}]"
+                parts.append(protocol or "untagged")
+        labels.append(label)
+        keys.append(re.sub(r"[^\w./\- ]", "_", "/".join(parts)))
+    return summary.assign(row=labels, row_key=keys)
+
+
+def _means(rows: pd.DataFrame, column: str = "test_acc") -> tuple[float, float]:
+    """Flat mean over tasks and mean of VTAB group means (FGVC and user tasks count in the
+    flat mean only)."""
+    grouped = rows[rows["group"].isin(GROUPS)].groupby("group")[column].mean()
+    return float(rows[column].mean()), float(grouped.mean())
 
 
 def method_means(summary: pd.DataFrame) -> pd.DataFrame:
-    """Per method: flat mean over its tasks and mean of its VTAB group means (FGVC and user
-    tasks count in the flat mean only)."""
+    """Per row (see ``label_rows``): flat and group means, task count and metric prefix."""
     out = []
-    for method, rows in summary.groupby("method", sort=False):
+    for label, rows in summary.groupby("row", sort=False):
+        flat, group = _means(rows)
         out.append(
             {
-                "method": method,
-                "mean_flat": rows["test_acc"].mean(),
-                "mean_group": rows[rows["group"].isin(GROUPS)]
-                .groupby("group")["test_acc"]
-                .mean()
-                .mean(),
+                "row": label,
+                "row_key": rows["row_key"].iloc[0],
+                "mean_flat": flat,
+                "mean_group": group,
                 "tasks": len(rows),
             }
         )
-    return pd.DataFrame(out).set_index("method")
+    return pd.DataFrame(out).set_index("row")
 
 
 def ordered(summary: pd.DataFrame) -> tuple[list[str], list[str]]:
-    """Registry order (stable across runs), not the order finals happened to finish in."""
+    """Tasks and row labels in a stable order: backbone, protocol, then registry order of
+    methods (not the order finals happened to finish in); unregistered methods last."""
     tasks = task_order(list(summary["task"]))
-    methods = [m for m in list_methods() if m in set(summary["method"])]
-    return tasks, methods
+    rank = {m: i for i, m in enumerate(list_methods())}
+    rows = summary[[*ROW_COLUMNS, "row"]].drop_duplicates()
+    keyed = sorted(
+        rows.itertuples(index=False),
+        key=lambda r: (r.backbone, r.protocol, rank.get(r.method, len(rank)), r.method),
+    )
+    return tasks, [r.row for r in keyed]
+
+
+def compare(summary: pd.DataFrame, reference: Reference) -> pd.DataFrame:
+    """Our (row, task) cells that have a published number for the same task, method and
+    backbone (compared as timm names, so a preset matches its model): ours, published, Δ."""
+    target = resolve_backbone(reference.backbone)
+    out = []
+    for r in summary.itertuples(index=False):
+        published = reference.accuracy.get(r.task, {}).get(r.method)
+        if published is None or not r.backbone or resolve_backbone(r.backbone) != target:
+            continue
+        out.append(
+            {
+                "reference": reference.name,
+                "row": r.row,
+                "task": r.task,
+                "group": r.group,
+                **{c: getattr(r, c) for c in ROW_COLUMNS},
+                "ours": r.test_acc,
+                "published": published,
+                "delta": r.test_acc - published,
+            }
+        )
+    columns = ["reference", "row", "task", "group", *ROW_COLUMNS, "ours", "published", "delta"]
+    return pd.DataFrame(out, columns=columns)
+
+
+def _reference_rows(
+    label: str, name: str, matched: pd.DataFrame, tasks: list[str]
+) -> list[dict[str, Any]]:
+    """The published row and the Δ row (ours − published) under our row ``label``; means
+    are over the tasks both have, so the two rows compare like with like."""
+    cells = matched.set_index("task")
+    published: dict[str, Any] = {"method": f"{label} ({name})"}
+    delta: dict[str, Any] = {"method": f"Δ {label} (ours − {name})"}
+    for task in tasks:
+        if task not in cells.index:
+            published[task] = delta[task] = MISSING
+            continue
+        published[task] = _number(100 * cells.loc[task, "published"], "ref")
+        delta[task] = _signed(100 * cells.loc[task, "delta"])
+    ours, theirs = _means(matched, "ours"), _means(matched, "published")
+    for i, column in enumerate(("mean (flat)", "mean (group)")):
+        published[column] = _number(100 * theirs[i], "ref")
+        delta[column] = _signed(100 * (ours[i] - theirs[i]))
+    return [published, delta]
+
+
+def _number(value: float, style: str = "") -> Cell:
+    """One decimal, or the missing mark for NaN (a group mean over no VTAB task)."""
+    return MISSING if math.isnan(value) else (f"{value:.1f}", round(value, 3), style)
+
+
+def _signed(diff: float) -> Cell:
+    """A Δ with its sign always shown, styled ``up``/``down`` for the page's colours."""
+    if math.isnan(diff):
+        return MISSING
+    return (f"{diff:+.1f}", round(diff, 3), "up" if diff > 0 else "down" if diff < 0 else "")
 
 
 def wide_table(
-    summary: pd.DataFrame, tune_hours: dict[str, float], lost_hours: dict[str, float] | None = None
+    summary: pd.DataFrame,
+    tune_hours: dict[RowKey, float],
+    lost_hours: dict[RowKey, float] | None = None,
+    comparisons: list[pd.DataFrame] | None = None,
 ) -> pd.DataFrame:
-    """Methods × tasks cells as (text, sort value, style) with means, params and cost."""
-    tasks, methods = ordered(summary)
+    """Rows × tasks cells as (text, sort value, style) with means, params and cost; each
+    row followed by its published and Δ rows from ``comparisons`` (see ``compare``)."""
+    tasks, labels = ordered(summary)
     means = method_means(summary)
     table = []
-    for method in methods:
-        rows = summary[summary["method"] == method].set_index("task")
-        row: dict[str, Any] = {"method": method}
+    for label in labels:
+        rows = summary[summary["row"] == label].set_index("task")
+        first = rows.iloc[0]
+        key: RowKey = (first["backbone"], first["protocol"], first["method"])
+        row: dict[str, Any] = {"method": label}
         for task in tasks:
             if task not in rows.index:
-                row[task] = ("–", -1, "")
+                row[task] = MISSING
                 continue
             r = rows.loc[task]
             text = f"{100 * r['test_acc']:.1f}"
@@ -93,9 +213,9 @@ def wide_table(
                 text += f" ± {100 * r['test_acc_std']:.1f}"
             style = "best" if r["best"] else "tied" if r["tied"] else ""
             row[task] = (text, round(100 * r["test_acc"], 3), style)
-        for key, label in (("mean_flat", "mean (flat)"), ("mean_group", "mean (group)")):
-            value = 100 * means.loc[method, key]
-            row[label] = (f"{value:.1f}", round(value, 3), "")
+        for col, name in (("mean_flat", "mean (flat)"), ("mean_group", "mean (group)")):
+            value = 100 * means.loc[label, col]
+            row[name] = (f"{value:.1f}", round(value, 3), "")
         params = rows["trainable_params_without_head"].max() / 1e6
         row["params M (excl. head)"] = (f"{params:.4f}", params, "")
         row["params M (total)"] = (
@@ -103,13 +223,18 @@ def wide_table(
             rows["trainable_params"].max() / 1e6,
             "",
         )
-        tune, final = tune_hours.get(method, 0.0), rows["final_device_hours"].sum()
+        tune, final = tune_hours.get(key, 0.0), rows["final_device_hours"].sum()
         row["tune device-h"] = (f"{tune:.3f}", tune, "")
         if any((lost_hours or {}).values()):  # only sweeps a crash interrupted show it
-            lost = (lost_hours or {}).get(method, 0.0)
+            lost = (lost_hours or {}).get(key, 0.0)
             row["lost device-h"] = (f"{lost:.3f}", lost, "")
         row["final device-h"] = (f"{final:.3f}", final, "")
         table.append(row)
+        for matched in comparisons or []:
+            mine = matched[matched["row"] == label]
+            if not mine.empty:
+                extra = _reference_rows(label, mine["reference"].iloc[0], mine, tasks)
+                table += [{c: r.get(c, MISSING) for c in row} for r in extra]
     return pd.DataFrame(table)
 
 
@@ -121,3 +246,25 @@ NOTE = (
     "Device-hours = trial wall time × devices per trial (GPUs, or CPU cores without GPUs); "
     "lost device-h (shown after a crash) = trials of studies that never finished."
 )
+
+
+def notes(summary: pd.DataFrame, references: list[Reference] | None = None) -> str:
+    """``NOTE``, plus what rows mean when backbones or protocols differ and where each
+    reference's numbers come from."""
+    text = NOTE
+    if several_setups(summary):
+        text += (
+            " Rows are method @ backbone [protocol hash where a backbone has several]: runs "
+            "of different backbones or protocols are never averaged; bold and underline "
+            "compare rows of the same backbone and protocol."
+        )
+    for ref in references or []:
+        where = ref.source.get("repo", "")
+        commit = str(ref.source.get("commit", ""))[:10]
+        text += (
+            f" Rows marked ({ref.name}): published test accuracy from {where}"
+            f"{'@' + commit if commit else ''} on {ref.backbone}, shown only for tasks and "
+            f"methods of rows on that backbone; Δ = ours − {ref.name}, means over the tasks "
+            "both have."
+        )
+    return text
