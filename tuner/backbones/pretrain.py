@@ -257,7 +257,7 @@ def pretrain(
     *,
     seed: int = 0,
     num_images: int = 40_000,
-    epochs: int = 7,
+    epochs: int = 20,
     batch_size: int = 64,
     lr: float = 1.5e-3,
     threads: int | None = None,
