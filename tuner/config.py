@@ -58,6 +58,10 @@ class SearchSettings(_Strict):
     fixed: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per-method fixed hyper-parameters, e.g. lora: {rank: 4}"
     )
+    warm_start: bool = Field(
+        False, description="seed TPE with the same method's chosen configs on other tasks"
+    )
+    warm_start_top: int = Field(3, ge=1, description="warm-start points per study, at most")
 
 
 class TrainSettings(_Strict):

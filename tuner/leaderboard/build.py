@@ -65,10 +65,18 @@ def write(
     return paths
 
 
-def publish(tracker: TrackingService, paths: dict[str, Path], sweep: str) -> str:
-    """A ``leaderboard`` run holding every output as an artifact and the means as metrics."""
+def publish(
+    tracker: TrackingService,
+    paths: dict[str, Path],
+    sweep: str,
+    extra: dict[str, float] | None = None,
+) -> str:
+    """A ``leaderboard`` run holding every output as an artifact and the means as metrics
+    (plus ``extra`` metrics, e.g. the sweep's slot utilisation)."""
     key = f"leaderboard/{sweep}"
     run_id = tracker.start_run(key, "leaderboard", {"stage": "leaderboard", "sweep": sweep})
+    if extra:
+        tracker.log_metrics(key, extra, 0)
     for path in paths.values():
         tracker.log_artifact(key, path, "leaderboard")
     means = method_means(pd.read_parquet(paths["summary"]))

@@ -15,6 +15,7 @@ import ray
 from ray import tune
 
 from tuner.records import METRIC, logged_metrics, trial_outcome
+from tuner.sweep.warm_start import WARM_TAG
 
 
 def actor_name(sweep: str, role: str) -> str:
@@ -33,9 +34,12 @@ class MLflowTrialCallback(tune.Callback):
         tags: dict[str, str],
         max_epochs: int,
         devices: float,
+        warm: list[tuple[dict[str, Any], str]] | None = None,
     ) -> None:
         self.sweep, self.study_key, self.fixed, self.tags = sweep, study_key, fixed, tags
         self.max_epochs, self.devices = max_epochs, devices
+        #: warm-start points (configuration, source task): their trials are tagged so
+        self.warm = warm or []
         self.started: set[str] = set()
         self._actors: dict[str, Any] = {}
 
@@ -64,10 +68,15 @@ class MLflowTrialCallback(tune.Callback):
             return
         self.started.add(trial.trial_id)
         params = {**self.fixed, **trial.config}
+        tags = {**self.tags, "trial_id": trial.trial_id}
+        for point, source in self.warm:
+            if all(trial.config.get(k) == v for k, v in point.items()):
+                tags[WARM_TAG] = source
+                break
         self.tracker.start_run.remote(
             self._key(trial),
             f"trial_{trial.trial_id}",
-            {**self.tags, "trial_id": trial.trial_id},
+            tags,
             params=params,
             parent=self.study_key,
         )

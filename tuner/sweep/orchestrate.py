@@ -32,6 +32,7 @@ from tuner.sweep.final import final_hash, log_final, run_final
 from tuner.sweep.plan import StudySpec, check_backbone, planned_studies, prepare_data
 from tuner.sweep.progress import ProgressBoard
 from tuner.sweep.study import run_study, study_tags
+from tuner.sweep.utilisation import slots
 from tuner.tracking.buffered import BufferedTracker
 from tuner.tracking.client import check_access
 
@@ -47,6 +48,9 @@ class SweepResult:
     reused_studies: int = 0
     reused_finals: int = 0
     wall_s: float = 0.0
+    #: When the sweep started (epoch seconds) and how many trials fit at once
+    started_at: float = 0.0
+    slots: int = 1
     #: The leaderboard's files, once written (``tuner.sweep.pipeline``)
     outputs: dict[str, Path] = field(default_factory=dict)
     #: Study key → why it has no result (an exception, or no trial that finished)
@@ -300,4 +304,6 @@ def run_sweep(
     sweep.last_check = 0.0
     sweep.watch_tracking()  # an outage that ended during close is reported as over
     sweep.result.wall_s = time.time() - started
+    sweep.result.started_at = started
+    sweep.result.slots = slots(cfg, ray.cluster_resources())
     return sweep.result

@@ -16,6 +16,7 @@ from tuner.config import SweepConfig
 from tuner.leaderboard.build import build, publish
 from tuner.sweep.orchestrate import SweepResult, run_sweep
 from tuner.sweep.progress import render
+from tuner.sweep.utilisation import slot_utilisation
 
 
 def ui_hint(cfg: SweepConfig, source: Path | None, experiment_id: str) -> str:
@@ -67,7 +68,10 @@ def run_pipeline(
         console.print(f"[red]nothing to rank: {err}[/]")
         report_failures(result, console)
         return result
-    publish(tracker, paths, cfg.name)
+    use = slot_utilisation(tracker, cfg.name, result.started_at, result.wall_s, result.slots)
+    publish(tracker, paths, cfg.name, {
+        f"sweep/{k}": float(use[k]) for k in ("busy_fraction", "in_epoch_fraction", "slots")
+    })  # fmt: skip
     result.outputs = paths
     trials = result.trials
     early = sum(t.outcome == "stopped_early" for t in trials)
@@ -76,6 +80,8 @@ def run_pipeline(
         f"{len(trials)} trials ({early} stopped early by ASHA), {len(result.finals)} final "
         f"runs in {result.wall_s:.0f}s (reused from MLflow: {result.reused_studies} "
         f"studies, {result.reused_finals} final runs).\n"
+        f"Slots: {use['busy_fraction']:.2f} busy, {use['in_epoch_fraction']:.2f} inside epochs "
+        f"({use['runs']} runs on {use['slots']} slots over {use['wall_s']:.0f} s)\n"
         f"Leaderboard: {paths['markdown']}, {paths['html']} (plots: {paths['heatmap'].name}, "
         f"{paths['pareto'].name}), {paths['summary']}\n"
         f"MLflow UI: {ui_hint(cfg, source, tracker.experiment_id)}",

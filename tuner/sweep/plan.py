@@ -161,6 +161,7 @@ def study_hash(cfg: SweepConfig, study: StudySpec) -> str:
         "tune": cfg.tune.model_dump(),
         "train": cfg.train.model_dump(),
         "space": cfg.search.space,
+        "warm_start": cfg.search.warm_start,
         "domains": {k: [d.kind, list(d.args)] for k, d in sorted(study.space.items())},
         "fixed": study.fixed,
     }

@@ -44,13 +44,17 @@ class HonestOptunaSearch(OptunaSearch):
         return counts
 
 
-def tpe_searcher(seed: int, max_epochs: int) -> HonestOptunaSearch:
-    """A seeded TPE searcher maximising ``val/acc``."""
+def tpe_searcher(
+    seed: int, max_epochs: int, first: list[dict[str, Any]] | None = None
+) -> HonestOptunaSearch:
+    """A seeded TPE searcher maximising ``val/acc``; ``first`` are configurations Optuna
+    evaluates before sampling (warm start: ``enqueue_trial``)."""
     return HonestOptunaSearch(
         metric=METRIC,
         mode="max",
         sampler=optuna.samplers.TPESampler(seed=seed),
         max_epochs=max_epochs,
+        points_to_evaluate=first or None,
     )
 
 

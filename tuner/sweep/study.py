@@ -30,6 +30,7 @@ from tuner.sweep.searcher import restored_searcher, tpe_searcher
 from tuner.sweep.spaces import Domain
 from tuner.sweep.specs import trial_spec
 from tuner.sweep.trainable import study_trainable
+from tuner.sweep.warm_start import warm_points
 from tuner.training.spec import TrialSpec
 from tuner.util import content_hash
 
@@ -132,7 +133,12 @@ def prepare_study(cfg: SweepConfig, spec: TrialSpec, tracker: Any, key: str) -> 
 
 
 def _new_tuner(
-    cfg: SweepConfig, study: StudySpec, trainable: Any, space: dict, searcher: Any
+    cfg: SweepConfig,
+    study: StudySpec,
+    trainable: Any,
+    space: dict,
+    searcher: Any,
+    warm: list[tuple[dict[str, Any], str]] | None = None,
 ) -> tune.Tuner:
     grid = searcher is None
     callback = MLflowTrialCallback(
@@ -142,6 +148,7 @@ def _new_tuner(
         study_tags(cfg, study),
         cfg.tune.max_epochs,
         cfg.devices_per_trial,
+        warm,
     )
     return tune.Tuner(
         trainable,
@@ -232,8 +239,14 @@ def run_study(
     ray.get(tracker.start_run.remote(study.key, study.key, tags, params=params))
     tracker.log_dataset.remote(study.key, study.dataset, "tune")
     board.update.remote(study.key, status="tuning")
-    space = to_ray_space({k: v for k, v in study.space.items() if k not in study.fixed}, grid)
-    searcher = None if grid else tpe_searcher(study.seed, cfg.tune.max_epochs)
+    searched = {k: v for k, v in study.space.items() if k not in study.fixed}
+    space = to_ray_space(searched, grid)
+    warm = []
+    if cfg.search.warm_start and not grid:
+        earlier = ray.get(tracker.find.remote({"stage": "tune", "method": study.method}))
+        warm = warm_points(earlier, study.task, searched, cfg.search.warm_start_top)
+        ray.get(tracker.log_params.remote(study.key, {"search.warm_start_points": len(warm)}))
+    searcher = None if grid else tpe_searcher(study.seed, cfg.tune.max_epochs, [p for p, _ in warm])
     spec = trial_spec(cfg, study.task, study.method, dict(study.fixed), "tune", cfg.seed)
     if methods.method_class(study.method).needs_prepare():
         spec.prepared_uri = prepare_study(cfg, spec, tracker, study.key)
@@ -251,7 +264,7 @@ def run_study(
         ray.get(tracker.set_tags.remote(study.key, {"resumed": "true"}))
         searcher = restored_searcher(tuner, searcher)
     else:
-        tuner = _new_tuner(cfg, study, trainable, space, searcher)
+        tuner = _new_tuner(cfg, study, trainable, space, searcher, warm)
     started = time.time()
     trials = _trial_records(tuner.fit(), study, cfg.tune.max_epochs)
     if resume:
