@@ -115,6 +115,33 @@ def leaderboard(
 
 
 @app.command()
+def analyze(
+    kind: Annotated[str, typer.Argument(help="agreement")],
+    experiment: Annotated[list[str], typer.Option(help="MLflow experiment (repeatable)")],
+    tracking_uri: Annotated[
+        str, typer.Option(help="MLflow tracking URI")
+    ] = "sqlite:///results/mlflow.db",
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("results/analysis"),
+) -> None:
+    """A seed study's analysis of finished sweeps, from MLflow: table, plots, an MLflow run."""
+    from tuner.analysis.run import run_analysis
+
+    try:
+        table, files, _ = run_analysis(kind, tracking_uri, experiment, out)
+    except ValueError as err:
+        _fail(str(err))
+    numeric = table.select_dtypes("number").columns.drop("seeds", errors="ignore")
+    mean = table.groupby(["method_a", "method_b"])[list(numeric)].mean().reset_index()
+    shown = Table(title=f"{kind}: mean over {table['task'].nunique()} task(s)")
+    for col in mean.columns:
+        shown.add_column(col)
+    for row in mean.itertuples(index=False):
+        shown.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row])
+    console.print(shown)
+    console.print(f"written: {', '.join(str(p) for p in files)}", soft_wrap=True)
+
+
+@app.command()
 def ui(
     config: Annotated[Path | None, typer.Argument(help="sweep.yaml (default: quickstart)")] = None,
     experiment: Annotated[str | None, typer.Option(help="default: the sweep's")] = None,
