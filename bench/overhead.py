@@ -72,8 +72,7 @@ def main() -> None:
         (study,) = result.studies.values()
         tracker = TrackingService(cfg.tracking_uri, cfg.experiment, create=False)
         (trial,) = [r for r in tracker.search() if PARENT_RUN_TAG in r["tags"]]
-        info = tracker.client.get_run(trial["run_id"]).info
-        trial_wall = (info.end_time - info.start_time) / 1000
+        trial_wall = (trial["end_time"] - trial["start_time"]) / 1000
     figures = {
         "task": args.task, "method": args.method, "epochs": epochs, "hp": HP,
         "plain_s": round(plain, 2), "plain_in_epochs_s": round(in_epochs, 2),

@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tuner.leaderboard.collect import PREDICTIONS, row_key
-from tuner.tracking.artifacts import read_predictions
+from tuner.leaderboard.collect import final_runs, row_key
 from tuner.tracking.client import TrackingService
 
 
@@ -37,9 +36,7 @@ def final_predictions(trackers: list[TrackingService]) -> list[Predictions]:
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         for tracker in trackers:
-            for run in tracker.find({"stage": "final"}):
-                path = tracker.download(run["run_id"], PREDICTIONS, Path(tmp) / run["run_id"])
-                logits, labels = read_predictions(path)
+            for run, logits, labels in final_runs(tracker, Path(tmp)):
                 probs = torch.softmax(logits, dim=1)
                 conf, pred = probs.max(dim=1)
                 backbone, protocol, method = row_key(run["tags"])

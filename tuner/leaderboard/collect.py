@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,14 @@ class Records:
     lost_hours: dict[RowKey, float] = field(default_factory=dict)
 
 
+def final_runs(tracker: TrackingService, tmp: Path) -> Iterator[tuple[dict[str, Any], Any, Any]]:
+    """Every finished final run of an experiment with its test (logits, labels), downloaded
+    into ``tmp``: what the leaderboard and the analyses read."""
+    for run in tracker.find({"stage": "final"}):
+        path = tracker.download(run["run_id"], PREDICTIONS, tmp / run["run_id"])
+        yield run, *read_predictions(path)
+
+
 def collect(trackers: list[TrackingService]) -> Records:
     """Read final runs, their predictions and tuning costs from one or more experiments."""
     rows: list[dict[str, Any]] = []
@@ -62,7 +71,7 @@ def collect(trackers: list[TrackingService]) -> Records:
     lost_hours: dict[RowKey, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for tracker in trackers:
-            for run in tracker.find({"stage": "final"}):
+            for run, logits, labels in final_runs(tracker, Path(tmp)):
                 tags, metrics = run["tags"], run["metrics"]
                 task, key = tags["task"], row_key(tags)
                 rows.append(
@@ -85,8 +94,6 @@ def collect(trackers: list[TrackingService]) -> Records:
                         ),
                     }
                 )
-                path = tracker.download(run["run_id"], PREDICTIONS, Path(tmp) / run["run_id"])
-                logits, labels = read_predictions(path)
                 correct.setdefault((task, *key), []).append(
                     (logits.argmax(1) == labels).numpy().astype(np.float64)
                 )

@@ -39,11 +39,11 @@ def slot_utilisation(
             stage == "tune" and PARENT_RUN_TAG not in row["tags"]
         ):
             continue  # study parents and the leaderboard are bookkeeping, not slot work
-        info = tracker.client.get_run(row["run_id"]).info
-        if info.start_time is None or info.end_time is None or info.start_time < started * 1000:
+        start, end = row["start_time"], row["end_time"]
+        if start is None or end is None or start < started * 1000:
             continue
         runs += 1
-        busy += (info.end_time - info.start_time) / 1000
+        busy += (end - start) / 1000
         history = tracker.client.get_metric_history(row["run_id"], "epoch_time_s")
         in_epochs += sum(m.value for m in history)
     capacity = slot_count * wall_s

@@ -224,6 +224,9 @@ class TrackingService:
                     {
                         "run_id": run.info.run_id,
                         "status": run.info.status,
+                        # epoch milliseconds; end_time is None while the run is RUNNING
+                        "start_time": run.info.start_time,
+                        "end_time": run.info.end_time,
                         "tags": dict(run.data.tags),
                         "params": dict(run.data.params),
                         "metrics": dict(run.data.metrics),
