@@ -40,6 +40,7 @@ def _plant(uri: str) -> dict[str, torch.Tensor]:
         tracker.log_artifact_bytes(
             key, "test_predictions.parquet", predictions_bytes(_logits(pred, confident), LABELS)
         )
+        tracker.log_metrics(key, {"test/acc": (pred == LABELS).float().mean().item()}, 0)
         tracker.end_run(key)
     return preds
 
@@ -74,16 +75,65 @@ def test_agreement_of_two_planted_methods(tmp_path):
     tracker = TrackingService(uri, "agree", create=False)
     (run,) = tracker.find({"analysis": "agreement"})
     files = {a.path for a in tracker.client.list_artifacts(run["run_id"], "analysis")}
-    assert files == {"analysis/agreement.parquet", "analysis/agreement.png"}
+    assert files == {
+        "analysis/agreement.parquet",
+        "analysis/agreement.summary.parquet",
+        "analysis/agreement.png",
+    }
     assert "0.750" in result.output  # the console table's agreement
 
 
-def test_unknown_kind_and_nothing_to_compare_are_one_line_errors(tmp_path):
+def _analyze(*args: str):
+    return runner.invoke(app, ["analyze", *args])
+
+
+def test_the_leaderboard_page_shows_the_newest_analysis_as_a_section(tmp_path):
     uri = f"sqlite:///{tmp_path / 'm.db'}"
-    TrackingService(uri, "empty")
-    result = runner.invoke(app, ["analyze", "nope", "--experiment", "empty", "--tracking-uri", uri])
-    assert result.exit_code == 2 and "unknown analysis 'nope'; valid: agreement" in result.output
-    result = runner.invoke(
-        app, ["analyze", "agreement", "--experiment", "empty", "--tracking-uri", uri]
-    )
-    assert result.exit_code == 2 and "no task has final runs of two methods" in result.output
+    _plant(uri)
+    for _ in range(2):  # two agreement runs: the page shows one section
+        done = _analyze("agreement", "--experiment", "agree", "--tracking-uri", uri,
+                        "--out", str(tmp_path / "a"))  # fmt: skip
+        assert done.exit_code == 0, done.output
+    board = runner.invoke(app, ["leaderboard", "--experiment", "agree", "--tracking-uri", uri,
+                                "--out", str(tmp_path / "lb")])  # fmt: skip
+    assert board.exit_code == 0, board.output
+    page = (tmp_path / "lb" / "leaderboard.html").read_text()
+    assert page.count('<section id="analysis-agreement">') == 1
+    assert "Prediction agreement" in page and "0.750" in page
+    assert page.count("data:image/png") >= 3  # heatmap, pareto, the agreement heatmap
+
+
+def test_bad_input_exits_2_and_logs_nothing(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    TrackingService(uri, "nothing")
+    tracker = TrackingService(uri, "empty")
+    # a final run without stored predictions
+    tracker.start_run("f", "f", {"stage": "final", "task": "synth/count", "method": "lora"})
+    tracker.end_run("f")
+    common = ["--tracking-uri", uri, "--out", str(tmp_path / "a")]
+    cases = {
+        ("agreement", "--experiment", "nope"): "no MLflow experiment 'nope'",
+        ("agreement", "--experiment", "empty"): "has no stored test_predictions.parquet",
+        ("nosuch", "--experiment", "empty"): "unknown analysis 'nosuch'; valid: agreement",
+        ("agreement", "--experiment", "nothing"): "no finished final runs in experiment(s) nothing",
+    }
+    for args, message in cases.items():
+        result = _analyze(*args, *common)
+        assert result.exit_code == 2, result.output
+        assert message in " ".join(result.output.split()), result.output
+    assert tracker.find({"stage": "analysis"}, status=None) == []
+
+
+def test_analyze_all_runs_what_the_records_allow_and_says_what_it_skipped(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    _plant(uri)
+    result = _analyze("all", "--experiment", "agree", "--tracking-uri", uri,
+                      "--out", str(tmp_path / "a"))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    tracker = TrackingService(uri, "agree", create=False)
+    kinds = {r["tags"]["analysis"] for r in tracker.find({"stage": "analysis"})}
+    assert "agreement" in kinds
+    from tuner.analysis.run import load_kinds
+
+    for kind in set(load_kinds()) - kinds:  # every other kind: skipped, with its reason
+        assert f"skipped {kind}:" in result.output

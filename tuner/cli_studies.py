@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Annotated
 
+import pandas as pd
 import typer
 from rich.table import Table
 
@@ -105,27 +106,45 @@ def spaces_show(
         console.print(f"{len(grid_points(domains))} grid points")
 
 
+def _print_summary(title: str, summary: pd.DataFrame) -> None:
+    shown = Table(title=title)
+    for col in summary.columns:
+        shown.add_column(str(col))
+    for row in summary.itertuples(index=False):
+        shown.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row])
+    console.print(shown)
+
+
 def analyze(
-    kind: Annotated[str, typer.Argument(help="agreement")],
+    kind: Annotated[
+        str, typer.Argument(help="agreement, ensemble, ... or all (every kind the records allow)")
+    ],
     experiment: Annotated[list[str], typer.Option(help="MLflow experiment (repeatable)")],
     tracking_uri: Annotated[
         str, typer.Option(help="MLflow tracking URI")
     ] = "sqlite:///results/mlflow.db",
     out: Annotated[Path, typer.Option(help="output folder")] = Path("results/analysis"),
+    option: Annotated[
+        list[str], typer.Option("--option", "-o", help="KEY=VALUE for the kind (repeatable)")
+    ] = [],  # noqa: B006
 ) -> None:
-    """A seed study's analysis of finished sweeps, from MLflow: table, plots, an MLflow run."""
-    from tuner.analysis.run import run_analysis
+    """A seed study's analysis of finished sweeps, from MLflow: table, plots, an MLflow run
+    (and a section on the leaderboard page the next time it is built)."""
+    from tuner.analysis.run import AnalysisError, run_all, run_analysis
 
+    options = {k: str(v) for k, v in parse_pairs(option, "--option", typed=False).items()}
     try:
-        table, files, _ = run_analysis(kind, tracking_uri, experiment, out)
-    except ValueError as err:
+        if kind == "all":
+            done, skipped = run_all(tracking_uri, experiment, out, options)
+        else:
+            output, _, _ = run_analysis(kind, tracking_uri, experiment, out, options)
+            done, skipped = {kind: output}, {}
+    except AnalysisError as err:
         fail(str(err))
-    numeric = table.select_dtypes("number").columns.drop("seeds", errors="ignore")
-    mean = table.groupby(["method_a", "method_b"])[list(numeric)].mean().reset_index()
-    shown = Table(title=f"{kind}: mean over {table['task'].nunique()} task(s)")
-    for col in mean.columns:
-        shown.add_column(col)
-    for row in mean.itertuples(index=False):
-        shown.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row])
-    console.print(shown)
-    console.print(f"written: {', '.join(str(p) for p in files)}", soft_wrap=True)
+    for output in done.values():
+        _print_summary(output.title, output.summary)
+    for name, why in skipped.items():
+        console.print(f"[yellow]skipped {name}:[/] {why}", highlight=False)
+    if not done:
+        fail("no analysis could run on these records")
+    console.print(f"written under {out}", soft_wrap=True)

@@ -28,7 +28,9 @@ import numpy as np
 import pandas as pd
 
 from tuner import methods
-from tuner.analysis.predictions import Predictions
+from tuner.analysis.predictions import Predictions, final_predictions
+from tuner.analysis.run import AnalysisError, Output, analysis
+from tuner.tracking.client import TrackingService
 
 REGISTRY = methods.list_methods()
 #: Each model's confidence quantile above which its prediction counts as confident.
@@ -38,7 +40,7 @@ CONFIDENT_QUANTILE = 0.75
 def pair_figures(a: Predictions, b: Predictions) -> dict[str, float]:
     """The agreement figures of two runs' predictions on the same test set."""
     if len(a.label) != len(b.label) or not np.array_equal(a.label, b.label):
-        raise ValueError(f"{a.task}: {a.method} and {b.method} were tested on different sets")
+        raise AnalysisError(f"{a.task}: {a.method} and {b.method} were tested on different sets")
     wrong_a, wrong_b = ~a.correct, ~b.correct
     either = (wrong_a | wrong_b).sum()
     confident = (a.confidence >= np.quantile(a.confidence, CONFIDENT_QUANTILE)) & (
@@ -81,7 +83,7 @@ def agreement_table(runs: list[Predictions]) -> pd.DataFrame:
                 }
             )
     if not rows:
-        raise ValueError("no task has final runs of two methods to compare")
+        raise AnalysisError("no task has final runs of two methods to compare")
     return pd.DataFrame(rows)
 
 
@@ -107,3 +109,17 @@ def heatmaps(table: pd.DataFrame, path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+@analysis("agreement")
+def agreement(trackers: list[TrackingService], out: Path, options: dict[str, str]) -> Output:
+    """Pairwise agreement per task; the summary is the mean over tasks per pair."""
+    table = agreement_table(final_predictions(trackers))
+    numeric = table.select_dtypes("number").columns.drop("seeds", errors="ignore")
+    summary = table.groupby(["method_a", "method_b"])[list(numeric)].mean().reset_index()
+    return Output(
+        table,
+        [heatmaps(table, out / "agreement.png")],
+        summary,
+        f"Prediction agreement: mean over {table['task'].nunique()} task(s)",
+    )

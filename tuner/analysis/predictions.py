@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tuner.analysis.run import AnalysisError
 from tuner.leaderboard.collect import final_runs, row_key
 from tuner.tracking.client import TrackingService
 
@@ -32,11 +33,17 @@ class Predictions:
 
 
 def final_predictions(trackers: list[TrackingService]) -> list[Predictions]:
-    """Download and decode the test predictions of every finished final run."""
+    """Download and decode the test predictions of every finished final run.
+
+    No final run, or one without stored predictions, is an ``AnalysisError``."""
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         for tracker in trackers:
-            for run, logits, labels in final_runs(tracker, Path(tmp)):
+            try:
+                runs = list(final_runs(tracker, Path(tmp)))
+            except LookupError as err:
+                raise AnalysisError(str(err.args[0])) from err
+            for run, logits, labels in runs:
                 probs = torch.softmax(logits, dim=1)
                 conf, pred = probs.max(dim=1)
                 backbone, protocol, method = row_key(run["tags"])
@@ -52,4 +59,7 @@ def final_predictions(trackers: list[TrackingService]) -> list[Predictions]:
                         labels.numpy(),
                     )
                 )
+    if not out:
+        names = ", ".join(t.experiment for t in trackers)
+        raise AnalysisError(f"no finished final runs in experiment(s) {names}")
     return out

@@ -7,6 +7,7 @@ a ``leaderboard`` run, so the MLflow UI holds the table beside the runs it came 
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pandas as pd
 
 from tuner.leaderboard.collect import ROW_COLUMNS, Records, Reference, collect, load_reference
 from tuner.leaderboard.render import heatmap_png, html_page, pareto_png, to_markdown
+from tuner.leaderboard.sections import Section, analysis_sections
 from tuner.leaderboard.summarise import (
     compare,
     method_means,
@@ -27,7 +29,11 @@ from tuner.tracking.client import TrackingService
 
 
 def write(
-    records: Records, out_dir: Path, title: str, references: list[Reference] | None = None
+    records: Records,
+    out_dir: Path,
+    title: str,
+    references: list[Reference] | None = None,
+    sections: list[Section] | None = None,
 ) -> dict[str, Path]:
     """Parquet (per run and summary), markdown, HTML and PNG plots under ``out_dir``; with
     ``references``, also ``leaderboard_reference.parquet`` (ours, published, Δ per cell)."""
@@ -61,7 +67,7 @@ def write(
         "Test accuracy per method and task": paths["heatmap"],
         "Accuracy vs trainable parameters": paths["pareto"],
     }
-    paths["html"].write_text(html_page(wide, title, images, note))
+    paths["html"].write_text(html_page(wide, title, images, note, sections))
     return paths
 
 
@@ -141,4 +147,6 @@ def build(
     records = collect(trackers)
     if records.finals.empty:
         raise ValueError(f"no finished final runs in experiment(s) {experiments} at {tracking_uri}")
-    return write(records, out_dir, title, loaded), trackers[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        sections = analysis_sections(trackers, Path(tmp))
+        return write(records, out_dir, title, loaded, sections), trackers[0]

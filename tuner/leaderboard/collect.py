@@ -59,7 +59,14 @@ def final_runs(tracker: TrackingService, tmp: Path) -> Iterator[tuple[dict[str, 
     """Every finished final run of an experiment with its test (logits, labels), downloaded
     into ``tmp``: what the leaderboard and the analyses read."""
     for run in tracker.find({"stage": "final"}):
-        path = tracker.download(run["run_id"], PREDICTIONS, tmp / run["run_id"])
+        try:
+            path = tracker.download(run["run_id"], PREDICTIONS, tmp / run["run_id"])
+        except Exception as err:  # MLflow raises several types for a missing artifact
+            tags = run["tags"]
+            raise LookupError(
+                f"final run {run['run_id']} ({tags.get('task')}, {tags.get('method')}) has no "
+                f"stored {PREDICTIONS}"
+            ) from err
         yield run, *read_predictions(path)
 
 

@@ -115,8 +115,7 @@ document.querySelectorAll('th').forEach((th, col) => th.addEventListener('click'
 """
 
 
-def html_page(table: pd.DataFrame, title: str, images: dict[str, Path], notes: str) -> str:
-    """``table`` cells may carry ``(text, sort value, style)`` tuples for best/tied marks."""
+def _html_table(table: pd.DataFrame, table_id: str = "") -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns)
     rows = []
     for record in table.itertuples(index=False):
@@ -128,9 +127,34 @@ def html_page(table: pd.DataFrame, title: str, images: dict[str, Path], notes: s
                 f"{html.escape(str(text))}</td>"
             )
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    pictures = "".join(
+    ident = f' id="{table_id}"' if table_id else ""
+    return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _figures(images: dict[str, Path]) -> str:
+    return "".join(
         f"<figure>{_img(p, n)}<figcaption>{html.escape(n)}</figcaption></figure>"
         for n, p in images.items()
+    )
+
+
+def _rounded(table: pd.DataFrame) -> pd.DataFrame:
+    return table.map(lambda v: f"{v:.3f}" if isinstance(v, float) else v)
+
+
+def html_page(
+    table: pd.DataFrame,
+    title: str,
+    images: dict[str, Path],
+    notes: str,
+    sections: list[Any] | None = None,
+) -> str:
+    """``table`` cells may carry ``(text, sort value, style)`` tuples for best/tied marks;
+    ``sections`` (``tuner.leaderboard.sections.Section``) follow as analysis sections."""
+    analyses = "".join(
+        f'<section id="analysis-{html.escape(s.kind)}"><h2>{html.escape(s.title)}</h2>'
+        f"{_html_table(_rounded(s.summary))}{_figures(s.images)}</section>"
+        for s in sections or []
     )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
@@ -146,8 +170,9 @@ figure {{ display: inline-block; margin: 1em; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
 <p>{html.escape(notes)}</p>
-<table id="leaderboard"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>
-{pictures}
+{_html_table(table, "leaderboard")}
+{_figures(images)}
+{analyses}
 <script>{_SORT_JS}</script>
 </body></html>
 """

@@ -85,7 +85,7 @@ class TrackingService:
         resume: bool = False,
     ):
         self.client = MlflowClient(tracking_uri=tracking_uri)
-        self.tracking_uri = tracking_uri
+        self.tracking_uri, self.experiment = tracking_uri, experiment
         found = self.client.get_experiment_by_name(experiment)
         if found is None and not create:
             raise ValueError(f"no MLflow experiment {experiment!r} at {tracking_uri}")
