@@ -8,6 +8,7 @@ from ray import tune
 
 from tuner.config import parse_config
 from tuner.records import TrialRecord, trial_outcome
+from tuner.sweep.checkpoints import CheckpointPolicy
 from tuner.sweep.plan import plan, stable_seed
 from tuner.sweep.searcher import HonestOptunaSearch
 from tuner.sweep.spaces import Domain, grid_points
@@ -115,11 +116,22 @@ def test_study_trainables_carry_their_own_spec_under_their_own_name(monkeypatch)
     monkeypatch.setattr(
         tuner.sweep.trainable,
         "tune_trainable",
-        lambda config, spec, checkpoint_every: seen.append(spec),
+        lambda config, spec, policy: seen.append(spec),
     )
-    a = tuner.sweep.trainable.study_trainable({"method": "lora"}, 1, "trial_s__a")
-    b = tuner.sweep.trainable.study_trainable({"method": "linear"}, 1, "trial_s__b")
+    policy = CheckpointPolicy()
+    a = tuner.sweep.trainable.study_trainable({"method": "lora"}, policy, "trial_s__a")
+    b = tuner.sweep.trainable.study_trainable({"method": "linear"}, policy, "trial_s__b")
     assert a.__name__ != b.__name__
     b({})
     a({})
     assert seen == [{"method": "linear"}, {"method": "lora"}]
+
+
+def test_checkpoints_follow_the_time_and_epoch_rules_and_never_end_a_trial():
+    timed = CheckpointPolicy(every_epochs=0, every_s=60)
+    # one-second epochs: the 60th epoch after the last checkpoint writes one, not the 59th
+    assert [e for e in range(1, 130) if timed.due(e, float(e % 60 or 60), False)] == [60, 120]
+    assert not timed.due(60, 60.0, last_epoch=True)  # nothing resumes a finished trial
+    both = CheckpointPolicy(every_epochs=10, every_s=60)
+    assert both.due(10, 1.0, False) and both.due(7, 61.0, False) and not both.due(7, 1.0, False)
+    assert not CheckpointPolicy(0, 0).due(10, 1e9, False)

@@ -38,7 +38,12 @@ class TuneSettings(_Strict):
     grace_period: int = Field(2, ge=1, description="ASHA: epochs before a trial may be stopped")
     reduction_factor: int = Field(2, ge=2, description="ASHA: keep 1/rf of trials per rung")
     max_concurrent_trials: int = Field(2, ge=1, description="running trials per study")
-    checkpoint_every: int = Field(1, ge=1, description="epochs between trial checkpoints")
+    checkpoint_every: int = Field(
+        0, ge=0, description="epochs between trial checkpoints (0: only the time rule)"
+    )
+    checkpoint_interval_s: float = Field(
+        60.0, ge=0, description="seconds of training between trial checkpoints (0: off)"
+    )
     early_stopping: bool = Field(
         True, description="ASHA; false: every trial runs max_epochs (a grid search as published)"
     )

@@ -21,6 +21,7 @@ LOGGED = (
     "val/loss",
     "test/acc",
     "epoch_time_s",
+    "checkpoint_s",
     "lr",
     "diverged",
     "trainable_params",

@@ -25,6 +25,7 @@ from tuner.backbones import resolve_backbone
 from tuner.config import SweepConfig
 from tuner.records import METRIC, StudySummary, TrialRecord, first_line, trial_outcome
 from tuner.sweep.callbacks import MLflowTrialCallback
+from tuner.sweep.checkpoints import CheckpointPolicy
 from tuner.sweep.plan import StudySpec
 from tuner.sweep.searcher import restored_searcher, tpe_searcher
 from tuner.sweep.spaces import Domain
@@ -251,7 +252,11 @@ def run_study(
     if methods.method_class(study.method).needs_prepare():
         spec.prepared_uri = prepare_study(cfg, spec, tracker, study.key)
     trainable = tune.with_resources(
-        study_trainable(spec, cfg.tune.checkpoint_every, f"trial_{cfg.name}__{study.dirname}"),
+        study_trainable(
+            spec,
+            CheckpointPolicy(cfg.tune.checkpoint_every, cfg.tune.checkpoint_interval_s),
+            f"trial_{cfg.name}__{study.dirname}",
+        ),
         {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial},
     )
     experiment = f"{cfg.storage_path.rstrip('/')}/{cfg.name}__{study.dirname}"

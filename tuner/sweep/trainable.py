@@ -1,13 +1,15 @@
 """The thin Ray Tune adapter around ``Trainer``: report each epoch, checkpoint, restore.
 
 The training code knows nothing of the tuner; this function is the only place a trial
-touches ``ray.tune``. A checkpoint holds the trainable tensors, optimiser, schedule and
-RNG, so a trial restored after a node failure continues exactly where it stopped.
+touches ``ray.tune``. A checkpoint holds the trainable tensors (never a frozen backbone),
+optimiser, schedule and RNG, so a trial restored after a node failure continues exactly
+where it stopped; when to write one is ``tuner.sweep.checkpoints``' call.
 """
 
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,32 +17,43 @@ from typing import Any
 import ray
 from ray import tune
 
+from tuner.sweep.checkpoints import CheckpointPolicy
 from tuner.tracking.client import fetch_artifact
 from tuner.training.spec import TrialSpec
 from tuner.training.trainer import Trainer
 
 
-def tune_trainable(config: dict[str, Any], spec: TrialSpec, checkpoint_every: int = 1) -> None:
-    """Ray Tune function trainable: ``config`` is the sampled hp, ``spec`` the fixed rest."""
+def tune_trainable(
+    config: dict[str, Any], spec: TrialSpec, policy: CheckpointPolicy | None = None
+) -> None:
+    """Ray Tune function trainable: ``config`` is the sampled hp, ``spec`` the fixed rest.
+
+    Checkpoints follow ``policy`` (``tuner.sweep.checkpoints``); each records how long it
+    took (``checkpoint_s``) so the sweep's cost of checkpointing is measured, not guessed."""
+    policy = policy or CheckpointPolicy()
     trainer = Trainer(spec.with_hp(config), fetch=fetch_artifact)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             trainer.load(Path(directory))
     node = ray.get_runtime_context().get_node_id()  # which node ran it, for the spread
+    since = time.monotonic()
     for metrics in trainer.epochs():
         metrics["node_id"] = node
         last = trainer.epoch >= trainer.spec.epochs or trainer.diverged
-        if trainer.epoch % checkpoint_every == 0 or last:
-            with tempfile.TemporaryDirectory() as directory:
-                trainer.save(Path(directory))
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
-        else:
+        if not policy.due(trainer.epoch, time.monotonic() - since, last):
             tune.report(metrics)
+            continue
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory() as directory:
+            trainer.save(Path(directory))
+            metrics["checkpoint_s"] = time.perf_counter() - started
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+        since = time.monotonic()
 
 
 def study_trainable(
-    spec: TrialSpec, checkpoint_every: int, name: str
+    spec: TrialSpec, policy: CheckpointPolicy, name: str
 ) -> Callable[[dict[str, Any]], None]:
     """``tune_trainable`` bound to one study's fixed spec, under a name unique to the study.
 
@@ -51,7 +64,7 @@ def study_trainable(
     """
 
     def trainable(config: dict[str, Any]) -> None:
-        tune_trainable(config, spec=spec, checkpoint_every=checkpoint_every)
+        tune_trainable(config, spec=spec, policy=policy)
 
     trainable.__name__ = trainable.__qualname__ = name
     return trainable
