@@ -143,7 +143,16 @@ def test_rerun_reuses_finished_studies_and_finals(sweep):
     cfg, first, runs = sweep
     with open(Path(cfg.out_dir) / "rerun.txt", "w") as log:
         again = run_pipeline(cfg, Console(file=log, width=200), live=False)
+
+    def imported() -> list[str]:  # defined here: pickled by value, imports nothing itself
+        import sys
+
+        return [m for m in ("torch", "timm", "tuner.training.trainer") if m in sys.modules]
+
+    # Ray's workers ran the warm-up hook: the training stack is imported before any trial
+    warm = ray.get(ray.remote(imported).remote())
     ray.shutdown()
+    assert warm == ["torch", "timm", "tuner.training.trainer"]
     assert again.reused_studies == len(TASKS) * len(METHODS)
     assert again.reused_finals == len(TASKS) * len(METHODS) * SEEDS
     assert again.finals == []

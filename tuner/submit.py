@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.config import load_config
+from tuner.sweep import warm_workers
 
 #: Never uploaded with ``--working-dir`` (environments, data, results, caches, VCS).
 EXCLUDES = [
@@ -107,7 +108,11 @@ def submit(
     except Exception as err:  # connection errors come in several types
         raise SubmitError(f"cannot reach the Ray dashboard at {address}: {err}") from err
     with job_directory(sweep, working_dir) as (folder, name):
-        runtime_env: dict[str, Any] = {"working_dir": str(folder), "excludes": EXCLUDES}
+        runtime_env: dict[str, Any] = {
+            "working_dir": str(folder),
+            "excludes": EXCLUDES,
+            **warm_workers.runtime_env(),  # trial workers import torch while idle
+        }
         if env:
             runtime_env["env_vars"] = dict(env)
         for attempt in range(AGENT_RETRIES):

@@ -27,6 +27,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from tuner.config import SweepConfig
 from tuner.records import PARENT_RUN_TAG, FinalResult, StudySummary, first_line
+from tuner.sweep import warm_workers
 from tuner.sweep.callbacks import actor_name
 from tuner.sweep.final import final_hash, log_final, run_final
 from tuner.sweep.plan import StudySpec, check_backbone, planned_studies, prepare_data
@@ -70,7 +71,12 @@ def init_ray(cfg: SweepConfig) -> None:
         ray.init(address=address, log_to_driver=False)
     else:
         with loopback_only():
-            ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=False)
+            ray.init(
+                num_cpus=cfg.ray.num_cpus,
+                include_dashboard=False,
+                log_to_driver=False,
+                runtime_env=warm_workers.runtime_env(),
+            )
 
 
 @contextlib.contextmanager

@@ -1,0 +1,42 @@
+"""The benches' measuring code on the CPU (CI has no GPU): numbers come out and add up."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
+
+import checkpoint_cost
+import gpu_throughput
+
+from tuner.sweep.checkpoints import CheckpointPolicy
+
+TINY = "vit_petl_tiny_patch8_32"
+
+
+def test_throughput_counts_flops_and_images_on_the_cpu():
+    row = gpu_throughput.measure("lora", TINY, "cpu", epochs=2, n_train=64, batch=32)
+    assert row["images_per_s"] == pytest.approx(64 / row["epoch_s"])
+    # two steps an epoch at the counted FLOPs per step
+    assert row["achieved_tflops"] == pytest.approx(2 * row["step_tflops"] / row["epoch_s"])
+    assert row["step_tflops"] > 0 and row["trainable_params"] > 0
+
+
+def test_the_gpu_hours_projection_prices_the_grid_above_tpe_asha():
+    projected = gpu_throughput.projection({"lora": 1.0, "full": 2.0})
+    grid = projected["petl_vision_vtab1k"]["gpu_hours"]
+    assert grid > projected["petl_vision_vtab1k_tpe_asha"]["gpu_hours"] > 0
+
+
+def test_a_lora_checkpoint_is_a_small_fraction_of_a_full_one():
+    lora = checkpoint_cost.checkpoint_cost("lora", TINY, repeats=1)
+    full = checkpoint_cost.checkpoint_cost("full", TINY, repeats=1)
+    assert 0 < lora["bytes"] < full["bytes"] / 3  # frozen backbone: never in the file
+    # 100 one-second epochs: every epoch writes 99 checkpoints, every 60 s one
+    every_epoch = checkpoint_cost.shares(0.5, 1.0, CheckpointPolicy(1, 0), 100)
+    timed = checkpoint_cost.shares(0.5, 1.0, CheckpointPolicy(), 100)
+    assert every_epoch == pytest.approx(99 * 0.5 / (100 + 99 * 0.5))
+    assert timed == pytest.approx(0.5 / 100.5)
