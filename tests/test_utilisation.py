@@ -15,10 +15,11 @@ def test_busy_and_in_epoch_fractions_count_only_this_sweeps_trials_and_finals(tm
     tracker = TrackingService(f"sqlite:///{tmp_path / 'm.db'}", "util")
     tags = {"sweep": "s", "stage": "tune"}
     tracker.start_run("study", "study", tags, start_time=T0)  # bookkeeping: not counted
+    tracker.log_metrics("study", {"setup_s": 1.5}, 0)
     for key, (start, end, epochs) in {"a": (0, 40, [10, 10, 10]), "b": (5, 25, [8, 8])}.items():
         tracker.start_run(key, key, tags, parent="study", start_time=T0 + start)
         for step, seconds in enumerate(epochs, 1):
-            tracker.log_metrics(key, {"epoch_time_s": seconds}, step)
+            tracker.log_metrics(key, {"epoch_time_s": seconds, "checkpoint_s": 0.5}, step)
         tracker.end_run(key, end_time=T0 + end)
     tracker.start_run("f", "final", {"sweep": "s", "stage": "final"}, start_time=T0 + 40)
     tracker.log_metrics("f", {"epoch_time_s": 15.0}, 1)
@@ -33,6 +34,9 @@ def test_busy_and_in_epoch_fractions_count_only_this_sweeps_trials_and_finals(tm
     assert use["in_epoch_slot_s"] == pytest.approx(30 + 16 + 15)
     assert use["busy_fraction"] == pytest.approx(80 / 100)
     assert use["in_epoch_fraction"] == pytest.approx(61 / 100)
+    assert use["checkpoint_slot_s"] == pytest.approx(5 * 0.5)
+    # the study's first trial started 0 s after it; its setup before Tuner.fit took 1.5 s
+    assert use["study_wait_median_s"] == 0.0 and use["study_setup_median_s"] == 1.5
 
 
 def test_slots_follow_the_resources():

@@ -108,6 +108,8 @@ class StudySummary:
     prepared_uri: str | None = None
     #: Why the study has no result (empty when it has one)
     error: str = ""
+    #: Seconds from the study task's start to ``Tuner.fit`` (MLflow run, search, prepare)
+    setup_s: float = 0.0
 
     def counts(self) -> dict[str, int]:
         return {o: sum(t.outcome == o for t in self.trials) for o in OUTCOMES}
@@ -132,6 +134,7 @@ class StudySummary:
             optuna_states=dict(data.get("optuna_states", {})),
             prepared_uri=uri,
             error=data.get("error", ""),
+            setup_s=float(data.get("setup_s", 0.0)),
         )
 
 

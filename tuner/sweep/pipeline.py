@@ -70,7 +70,9 @@ def run_pipeline(
         return result
     use = slot_utilisation(tracker, cfg.name, result.started_at, result.wall_s, result.slots)
     publish(tracker, paths, cfg.name, {
-        f"sweep/{k}": float(use[k]) for k in ("busy_fraction", "in_epoch_fraction", "slots")
+        f"sweep/{k}": float(use[k]) for k in ("busy_fraction", "in_epoch_fraction", "slots",
+                                              "study_wait_median_s", "study_setup_median_s",
+                                              "checkpoint_slot_s")
     })  # fmt: skip
     result.outputs = paths
     trials = result.trials
@@ -81,7 +83,8 @@ def run_pipeline(
         f"runs in {result.wall_s:.0f}s (reused from MLflow: {result.reused_studies} "
         f"studies, {result.reused_finals} final runs).\n"
         f"Slots: {use['busy_fraction']:.2f} busy, {use['in_epoch_fraction']:.2f} inside epochs "
-        f"({use['runs']} runs on {use['slots']} slots over {use['wall_s']:.0f} s)\n"
+        f"({use['runs']} runs on {use['slots']} slots over {use['wall_s']:.0f} s); a study "
+        f"waits {use['study_wait_median_s']:.1f} s (median) for its first trial\n"
         f"Leaderboard: {paths['markdown']}, {paths['html']} (plots: {paths['heatmap'].name}, "
         f"{paths['pareto'].name}), {paths['summary']}\n"
         f"MLflow UI: {ui_hint(cfg, source, tracker.experiment_id)}",

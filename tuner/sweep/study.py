@@ -208,6 +208,7 @@ def _close_study_run(tracker: Any, key: str, summary: StudySummary) -> None:
         "best_val_acc": best.val_acc if best else float("nan"),
         METRIC: best.val_acc if best else float("nan"),  # same column as the trials' runs
         "tune_wall_s": summary.wall_s,
+        "setup_s": summary.setup_s,
     }
     ray.get(tracker.log_metrics.remote(key, metrics, 0))
     end_tags = {
@@ -229,6 +230,7 @@ def run_study(
     ``resume``: continue the study's interrupted Ray Tune experiment (``Tuner.restore``)
     instead of starting a new one, when its state is in ``storage_path``.
     """
+    entered = time.time()
     grid = cfg.search.space == "published_grid"
     params = {
         "search.space": cfg.search.space,
@@ -286,6 +288,7 @@ def run_study(
         optuna_states=searcher.trial_states() if searcher else {},
         prepared_uri=spec.prepared_uri,
         error="" if best else no_result_reason(trials),
+        setup_s=started - entered,
     )
     _close_study_run(tracker, study.key, summary)
     board.update.remote(study.key, status="final" if summary.best else "no result")

@@ -6,11 +6,16 @@ runs carry true start and end times); the part inside epochs is the sum of their
 ``epoch_time_s``. What is missing from 1.0 is scheduling (Tuner start-up, actor start,
 queueing, reporting); what is missing between busy and in-epoch is a run's own set-up and
 evaluation. Only runs that started during this sweep count (reused studies cost nothing).
+
+Where a study's start-up goes is reported too: the wait from its parent run's start to its
+first trial's start, and the part of it before ``Tuner.fit`` (``setup_s``: MLflow run,
+search space, prepare pass); the rest is Ray Tune's start-up and the trial actor's start.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Any
 
 from tuner.config import SweepConfig
@@ -31,21 +36,32 @@ def slot_utilisation(
 ) -> dict[str, Any]:
     """Busy and in-epoch fractions of ``slot_count × wall_s`` for runs of ``sweep`` that
     started at or after ``started`` (epoch seconds)."""
-    busy = in_epochs = 0.0
+    busy = in_epochs = checkpoints = 0.0
     runs = 0
+    parents: dict[str, dict[str, Any]] = {}
+    first_trial: dict[str, float] = {}
     for row in tracker.find({"sweep": sweep}, status=None):
         stage = row["tags"].get("stage")
-        if stage not in ("tune", "final") or (
-            stage == "tune" and PARENT_RUN_TAG not in row["tags"]
-        ):
-            continue  # study parents and the leaderboard are bookkeeping, not slot work
         start, end = row["start_time"], row["end_time"]
-        if start is None or end is None or start < started * 1000:
+        if start is None or start < started * 1000:
             continue
+        if stage == "tune" and PARENT_RUN_TAG not in row["tags"]:
+            parents[row["run_id"]] = row  # a study: bookkeeping, timed below
+            continue
+        if stage not in ("tune", "final") or end is None:
+            continue  # the leaderboard is bookkeeping, not slot work
+        if stage == "tune":
+            parent = row["tags"][PARENT_RUN_TAG]
+            first_trial[parent] = min(first_trial.get(parent, math.inf), start / 1000)
         runs += 1
         busy += (end - start) / 1000
-        history = tracker.client.get_metric_history(row["run_id"], "epoch_time_s")
-        in_epochs += sum(m.value for m in history)
+        for name in ("epoch_time_s", "checkpoint_s"):
+            total = sum(m.value for m in tracker.client.get_metric_history(row["run_id"], name))
+            in_epochs += total if name == "epoch_time_s" else 0.0
+            checkpoints += total if name == "checkpoint_s" else 0.0
+    waits = [first_trial[p] - r["start_time"] / 1000 for p, r in parents.items()
+             if p in first_trial]  # fmt: skip
+    setups = [r["metrics"]["setup_s"] for r in parents.values() if "setup_s" in r["metrics"]]
     capacity = slot_count * wall_s
     return {
         "slots": slot_count,
@@ -55,4 +71,9 @@ def slot_utilisation(
         "in_epoch_slot_s": round(in_epochs, 2),
         "busy_fraction": round(busy / capacity, 4) if capacity else 0.0,
         "in_epoch_fraction": round(in_epochs / capacity, 4) if capacity else 0.0,
+        "checkpoint_slot_s": round(checkpoints, 2),
+        # a study's parent run start → its first trial's start; the part before Tuner.fit
+        "study_wait_median_s": round(statistics.median(waits), 2) if waits else 0.0,
+        "study_wait_max_s": round(max(waits), 2) if waits else 0.0,
+        "study_setup_median_s": round(statistics.median(setups), 2) if setups else 0.0,
     }
