@@ -79,7 +79,7 @@ def test_a_users_file_is_laid_over_the_preset(tmp_path):
 
 
 def test_an_unknown_preset_names_the_valid_ones():
-    with pytest.raises(ConfigError, match="unknown preset 'petl'; valid: petl_vision_vtab1k"):
+    with pytest.raises(ConfigError, match=r"unknown preset 'petl'; valid: .*petl_vision_vtab1k"):
         load_config(None, preset="petl")
     result = runner.invoke(app, ["run", "--preset", "nope", "--no-progress"])
     assert result.exit_code == 2 and "unknown preset" in result.output

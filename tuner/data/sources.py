@@ -15,7 +15,7 @@ from pathlib import Path
 from tuner.data.cache import Item, vtab_items
 from tuner.data.fgvc import fgvc_files, read_fgvc
 from tuner.data.folder import read_folder_task
-from tuner.data.subsets import parse_task
+from tuner.data.subsets import parse_task, subset_pool
 from tuner.data.tasks import TaskInfo, get_task, task_dir
 from tuner.data.vtab import SPLITS, DataError, split_path
 
@@ -34,7 +34,8 @@ class Source:
 
 
 def read_source(task_id: str, data_root: Path) -> Source:
-    """The base task's items (a subset suffix is ignored here; see ``load_task``)."""
+    """The base task's items (a subset is drawn in ``load_task``; its train pool may be a
+    VTAB-layout task's full train split, see ``subset_pool``)."""
     base = parse_task(task_id).base
     info = get_task(base)
     folder = task_dir(base, Path(data_root))
@@ -51,7 +52,8 @@ def read_source(task_id: str, data_root: Path) -> Source:
             )
         return Source(info, items, None, fgvc_files(folder))
     items = {ours: vtab_items(folder, v, info.num_classes) for ours, v in VTAB_NAMES.items()}
-    return Source(info, items, None, [split_path(folder, s) for s in SPLITS])
+    items["train"], full = subset_pool(task_id, folder, items, info.num_classes)
+    return Source(info, items, None, [split_path(folder, s) for s in SPLITS] + full)
 
 
 def task_digest(task_id: str, data_root: Path) -> str:

@@ -5,6 +5,12 @@ size to put an error bar on each point. A subset is drawn from the train split o
 (trainval = subset + val; val and test are unchanged), class-stratified so small subsets
 keep every class when they can, and seeded by (task, n, fold) through SHA-256, so a rerun
 on any machine draws the same images while different folds draw different ones.
+
+The train split a subset draws from is the task's whole one: a folder task's ``train``, an
+FGVC ``train.json``, and for a VTAB-layout task (``vtab1k/*``, ``synth/*``) its full train
+split ``train.txt`` when the folder has one (VTAB-1k ships only ``train800``; the many-shot
+arm of study 000 trains on up to the full set), less the ``val200`` images so selection
+never sees a training image. ``<task>@1.0`` is then the full training set.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import functools
 import hashlib
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -20,6 +27,8 @@ from tuner.data.vtab import DataError
 
 _SUFFIX = re.compile(r"@(?P<size>[0-9]*\.?[0-9]+)(?:#(?P<fold>[0-9]+))?$")
 SYNTAX = "<task>@<n> or <task>@<fraction>, optionally #<fold>, e.g. synth/objects@400#1"
+#: A VTAB-layout folder's optional full train split (``<image path> <label>`` lines)
+FULL_TRAIN = "train.txt"
 
 
 @dataclass(frozen=True)
@@ -97,7 +106,9 @@ def subset_indices(task_id: str, labels: np.ndarray) -> np.ndarray:
     n_train, n = len(labels), subset.size(len(labels))
     if n > n_train:
         raise DataError(
-            f"task {task_id}: subset n={n} exceeds the train split size {n_train} of {base}"
+            f"task {task_id}: subset n={n} exceeds the train split size {n_train} of {base} "
+            f"(a VTAB-layout task draws from its full train split {FULL_TRAIN} when its folder "
+            "has one, else from train800)"
         )
     digest = hashlib.sha256(f"petl-sweep/subset/v1/{base}/{n}/{subset.fold}".encode()).digest()
     rng = np.random.default_rng(int.from_bytes(digest[:16], "little"))
@@ -116,3 +127,24 @@ def subset_indices(task_id: str, labels: np.ndarray) -> np.ndarray:
         if q
     ]
     return np.sort(np.concatenate(chosen))
+
+
+def subset_pool(
+    task_id: str, folder: Path, items: dict[str, list], num_classes: int
+) -> tuple[list, list[Path]]:
+    """The train items a subset of a VTAB-layout task draws from, and the files defining them.
+
+    ``items`` are the task's split items (``train`` = train800). With a subset id and a
+    ``folder/train.txt``: that full split less the val200 images (matched by resolved path),
+    so ``T@n`` may exceed 800 and ``T@1.0`` is the full set; otherwise ``items["train"]``.
+    """
+    full = Path(folder) / FULL_TRAIN
+    if parse_task(task_id).subset is None or not full.is_file():
+        return items["train"], []
+    from tuner.data.shifts import list_file_items  # the same list-file reader (lazy: torch)
+
+    held_out = {Path(path).resolve() for path, _, _ in items["val"]}
+    pool = [i for i in list_file_items(full, num_classes) if Path(i[0]).resolve() not in held_out]
+    if not pool:
+        raise DataError(f"{full}: every image is in val200; expected train images besides them")
+    return pool, [full]

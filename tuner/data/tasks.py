@@ -129,10 +129,23 @@ def task_group(task_id: str) -> str:
 
 
 def task_order(task_ids: list[str]) -> list[str]:
-    """Registry order, each base task's subsets after it, then user tasks as given."""
+    """Registry order; within a base task, subsets by count, then by fraction, then the
+    plain task (its full size), so a leaderboard's columns read as a data-size curve;
+    then user tasks as given."""
     rank = {tid: i for i, tid in enumerate(TASKS)}
     given = {tid: i for i, tid in enumerate(dict.fromkeys(task_ids))}
-    return sorted(given, key=lambda t: (rank.get(parse_task(t).base, len(rank)), given[t]))
+
+    def key(task: str) -> tuple[float, ...]:
+        ref, sub = parse_task(task), parse_task(task).subset
+        if ref.base not in rank:
+            return (len(rank), given[task])
+        if sub is None:
+            return (rank[ref.base], 2, 0, 0, given[task])
+        if sub.count is not None:
+            return (rank[ref.base], 0, sub.count, sub.fold, given[task])
+        return (rank[ref.base], 1, sub.fraction or 0.0, sub.fold, given[task])
+
+    return sorted(given, key=key)
 
 
 def layout_candidates(data_root: Path, suite: str, name: str) -> list[Path]:

@@ -16,6 +16,7 @@ Published numbers (``load_reference``) are read from JSON beside this module or 
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ ROW_COLUMNS = ["backbone", "protocol", "method"]
 RowKey = tuple[str, str, str]
 #: Shipped published results, ``<name>.json`` (``tools/extract_reference.py`` writes them).
 REFERENCES = Path(__file__).parent / "references"
+#: A shift set's accuracy as final runs log it: ``shift/<name>/acc``
+SHIFT_METRIC = re.compile(r"shift/[^/]+/acc")
 
 
 def row_key(tags: dict[str, str]) -> RowKey:
@@ -99,6 +102,7 @@ def collect(trackers: list[TrackingService]) -> Records:
                             for k, v in sorted(run["params"].items())
                             if k not in ("seed", "epochs", "batch_size")
                         ),
+                        **shift_metrics(metrics),
                     }
                 )
                 correct.setdefault((task, *key), []).append(
@@ -109,6 +113,12 @@ def collect(trackers: list[TrackingService]) -> Records:
     for hours in (tune_hours, lost_hours):
         attribute_untagged(hours, rows_of)
     return Records(pd.DataFrame(rows), correct, tune_hours, lost_hours)
+
+
+def shift_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """A final run's shift-set accuracies (``shift/<name>/acc``), kept under their metric
+    names: the leaderboard shows each as its own column (robustness beside test accuracy)."""
+    return {k: v for k, v in metrics.items() if SHIFT_METRIC.fullmatch(k)}
 
 
 def attribute_untagged(hours: dict[RowKey, float], rows: set[tuple[Any, ...]]) -> None:

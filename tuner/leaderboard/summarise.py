@@ -24,8 +24,9 @@ from typing import Any
 import pandas as pd
 
 from tuner.backbones import resolve_backbone
+from tuner.data.subsets import parse_task
 from tuner.data.tasks import GROUPS, task_group, task_order
-from tuner.leaderboard.collect import ROW_COLUMNS, Records, Reference, RowKey
+from tuner.leaderboard.collect import ROW_COLUMNS, SHIFT_METRIC, Records, Reference, RowKey
 from tuner.leaderboard.stats import bootstrap_ties, per_example_accuracy
 from tuner.methods import list_methods
 
@@ -34,14 +35,29 @@ Cell = tuple[str, float, str]
 MISSING: Cell = ("–", -1, "")
 
 
-def summarise(records: Records, seed: int = 0) -> pd.DataFrame:
-    """Per (task, row): mean/std test acc over seeds, params, group, best/tied flags."""
-    frame = records.finals
-    summary = (
-        frame.groupby(["task", *ROW_COLUMNS], sort=False)
+def fold_free(task_id: str) -> str:
+    """``T@n`` of ``T@n#k`` (folds of one size are one leaderboard column); other ids as is."""
+    ref = parse_task(task_id)
+    if ref.subset is None or "#" not in ref.suffix:
+        return task_id
+    return task_id[: task_id.rindex("#")]
+
+
+def shift_columns(frame: pd.DataFrame) -> list[str]:
+    """The ``shift/<name>/acc`` columns of final runs (sorted: a stable column order)."""
+    return sorted(c for c in frame.columns if SHIFT_METRIC.fullmatch(str(c)))
+
+
+def _fold_means(frame: pd.DataFrame, accuracies: list[str]) -> pd.DataFrame:
+    """Per (task, row, fold): accuracies' mean and std over seeds, costs and the config."""
+    aggs: dict[str, tuple[str, Any]] = {}
+    for column in accuracies:
+        aggs[column] = (column, "mean")
+        aggs[f"{column}_std"] = (column, "std")
+    return (
+        frame.groupby(["task", *ROW_COLUMNS, "fold_task"], sort=False, dropna=False)
         .agg(
-            test_acc=("test_acc", "mean"),
-            test_acc_std=("test_acc", "std"),
+            **aggs,
             seeds=("seed", "count"),
             trainable_params=("trainable_params", "max"),
             trainable_params_without_head=("trainable_params_without_head", "max"),
@@ -50,15 +66,57 @@ def summarise(records: Records, seed: int = 0) -> pd.DataFrame:
         )
         .reset_index()
     )
-    summary["test_acc_std"] = summary["test_acc_std"].fillna(0.0)
+
+
+def aggregate_folds(finals: pd.DataFrame) -> pd.DataFrame:
+    """Per (task, row): mean ± std of test (and shift) accuracy, ``T@n#k`` folds merged.
+
+    Seeds are averaged within a fold first; a task with several folds then reports the
+    mean and the std *across fold means* (what another draw of n images changes), one
+    fold the std over its seeds as before. ``seeds`` counts every run, ``folds`` the folds;
+    ``hp`` lists each fold's config when they differ."""
+    frame = finals.assign(fold_task=finals["task"], task=finals["task"].map(fold_free))
+    accuracies = ["test_acc", *shift_columns(frame)]
+    per_fold = _fold_means(frame, accuracies)
+    aggs: dict[str, tuple[str, Any]] = {}
+    for column in accuracies:
+        aggs[column] = (column, "mean")
+        aggs[f"{column}_fold_std"] = (column, "std")
+        aggs[f"{column}_seed_std"] = (f"{column}_std", "first")
+    summary = (
+        per_fold.groupby(["task", *ROW_COLUMNS], sort=False, dropna=False)
+        .agg(
+            **aggs,
+            seeds=("seeds", "sum"),
+            folds=("fold_task", "nunique"),
+            trainable_params=("trainable_params", "max"),
+            trainable_params_without_head=("trainable_params_without_head", "max"),
+            final_device_hours=("final_device_hours", "sum"),
+            hp=("hp", lambda hp: " | ".join(dict.fromkeys(hp))),
+        )
+        .reset_index()
+    )
+    for column in accuracies:
+        fold_std = summary.pop(f"{column}_fold_std")
+        seed_std = summary.pop(f"{column}_seed_std")
+        std = fold_std.where(summary["folds"] > 1, seed_std).fillna(0.0)
+        summary.insert(summary.columns.get_loc(column) + 1, f"{column}_std", std)
+    return summary
+
+
+def summarise(records: Records, seed: int = 0) -> pd.DataFrame:
+    """Per (task, row): mean/std test acc (``aggregate_folds``), shift-set accuracies,
+    params, group, best/tied flags."""
+    summary = aggregate_folds(records.finals)
     summary["group"] = [task_group(t) for t in summary["task"]]
     summary["best"], summary["tied"] = False, False
+    folds = records.finals.groupby(records.finals["task"].map(fold_free))["task"].unique()
     # ties within one backbone and protocol: across them a gap is not the method's doing
     for (task, backbone, protocol), rows in summary.groupby(["task", "backbone", "protocol"]):
-        accuracy = {
-            m: per_example_accuracy(records.correct[(task, backbone, protocol, m)])
-            for m in rows["method"]
-        }
+        accuracy = {}
+        for method in rows["method"]:
+            runs = [records.correct.get((t, backbone, protocol, method), []) for t in folds[task]]
+            accuracy[method] = per_example_accuracy([c for fold in runs for c in fold])
         ties = bootstrap_ties(accuracy, seed=seed)
         for index, method in zip(rows.index, rows["method"], strict=True):
             summary.loc[index, "best"] = ties[method]["best"]
@@ -187,6 +245,31 @@ def _signed(diff: float) -> Cell:
     return (f"{diff:+.1f}", round(diff, 3), "up" if diff > 0 else "down" if diff < 0 else "")
 
 
+def task_shifts(summary: pd.DataFrame, tasks: list[str]) -> dict[str, list[str]]:
+    """Per task, the shift columns (``shift/<name>/acc``) some row of it has a number for."""
+    columns = shift_columns(summary)
+    return {
+        task: [c for c in columns if summary.loc[summary["task"] == task, c].notna().any()]
+        for task in tasks
+    }
+
+
+def shift_label(task: str, column: str) -> str:
+    """The wide table's header of a shift column: ``synth/objects [shift noise]``."""
+    return f"{task} [shift {column.split('/')[1]}]"
+
+
+def _accuracy_cell(r: pd.Series, column: str, style: str = "") -> Cell:
+    """``mean ± std`` in percent (the std only with more than one run); missing for NaN."""
+    value = r[column]
+    if pd.isna(value):
+        return MISSING
+    text = f"{100 * value:.1f}"
+    if r["seeds"] > 1:
+        text += f" ± {100 * r[f'{column}_std']:.1f}"
+    return (text, round(100 * value, 3), style)
+
+
 def wide_table(
     summary: pd.DataFrame,
     tune_hours: dict[RowKey, float],
@@ -197,6 +280,7 @@ def wide_table(
     row followed by its published and Δ rows from ``comparisons`` (see ``compare``)."""
     tasks, labels = ordered(summary)
     means = method_means(summary)
+    shifts = task_shifts(summary, tasks)
     table = []
     for label in labels:
         rows = summary[summary["row"] == label].set_index("task")
@@ -206,13 +290,12 @@ def wide_table(
         for task in tasks:
             if task not in rows.index:
                 row[task] = MISSING
+                row.update({shift_label(task, c): MISSING for c in shifts[task]})
                 continue
             r = rows.loc[task]
-            text = f"{100 * r['test_acc']:.1f}"
-            if r["seeds"] > 1:
-                text += f" ± {100 * r['test_acc_std']:.1f}"
             style = "best" if r["best"] else "tied" if r["tied"] else ""
-            row[task] = (text, round(100 * r["test_acc"], 3), style)
+            row[task] = _accuracy_cell(r, "test_acc", style)
+            row.update({shift_label(task, c): _accuracy_cell(r, c) for c in shifts[task]})
         for col, name in (("mean_flat", "mean (flat)"), ("mean_group", "mean (group)")):
             value = 100 * means.loc[label, col]
             row[name] = (f"{value:.1f}", round(value, 3), "")
@@ -240,7 +323,8 @@ def wide_table(
 
 NOTE = (
     "Test accuracy (%) of the best validation config per (task, method), retrained on "
-    "train800val200, mean ± std over seeds. mean (flat) = mean over tasks; mean (group) = "
+    "train800val200, mean ± std over seeds (subsets T@n with several folds #k: mean ± std "
+    "over folds, each fold averaged over its seeds). mean (flat) = mean over tasks; mean (group) = "
     "mean of the Natural/Specialized/Structured group means. Bold = best on the task; "
     "underlined = tied with the best (paired bootstrap over test examples, 95%). "
     "Device-hours = trial wall time × devices per trial (GPUs, or CPU cores without GPUs); "
@@ -252,6 +336,11 @@ def notes(summary: pd.DataFrame, references: list[Reference] | None = None) -> s
     """``NOTE``, plus what rows mean when backbones or protocols differ and where each
     reference's numbers come from."""
     text = NOTE
+    if shift_columns(summary):
+        text += (
+            " Columns 'TASK [shift NAME]': accuracy of the same final runs on that task's "
+            "evaluation-only shift set NAME (never tuned on), mean ± std like the task's."
+        )
     if several_setups(summary):
         text += (
             " Rows are method @ backbone [protocol hash where a backbone has several]: runs "

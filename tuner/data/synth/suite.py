@@ -14,7 +14,8 @@ Images are drawn at ``_SS`` times 32x32 with PIL and box-filtered down (anti-ali
 every random draw comes from ``numpy.random.default_rng`` seeded by a SHA-256 of
 ``(seed, task, split)``, never Python's salted ``hash()``: the same call gives the same bytes
 on any machine. :func:`write_synth_suite` stores the tasks in the VTAB-1k layout so they go
-through exactly the loader the real benchmark uses.
+through exactly the loader the real benchmark uses, with shifted copies of each test set
+(``shift_<name>.txt``, see :mod:`tuner.data.synth.shifted`) for a sweep's ``shifts``.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from tuner.data.synth.natural import (
     _render_scenes,
     _render_textures,
 )
+from tuner.data.synth.shifted import SHIFT_SIZE, SHIFTS, shift_file
 from tuner.data.synth.structured import (
     _render_count,
     _render_distance,
@@ -156,6 +158,31 @@ def _is_complete(task_dir: Path, seed: int, counts: dict[str, int]) -> bool:
     return all(marker.get(k) == v for k, v in want.items())
 
 
+def _save(dest: Path, stream: str, images: np.ndarray, labels: np.ndarray) -> list[tuple[str, int]]:
+    """PNGs ``images/<stream>_<i>.png`` under ``dest``; returns their (path, label) lines."""
+    lines = []
+    for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+        rel = f"images/{stream}_{i:05d}.png"
+        Image.fromarray(image).save(dest / rel, compress_level=1)
+        lines.append((rel, int(label)))
+    return lines
+
+
+def _write_shifts(
+    task: SynthTask, dest: Path, seed: int, test: tuple[np.ndarray, np.ndarray]
+) -> dict[str, int]:
+    """Every shift set of the task (``shifted.SHIFTS``) from its first ``SHIFT_SIZE`` test
+    images, as list files."""
+    counts = {}
+    for name, corrupt in SHIFTS.items():
+        stream = f"shift_{name}"
+        images = corrupt(test[0][:SHIFT_SIZE], split_rng(seed, task.name, stream))
+        lines = _save(dest, stream, images, test[1][:SHIFT_SIZE])
+        (dest / shift_file(name)).write_text("".join(f"{p} {y}\n" for p, y in lines))
+        counts[stream] = len(lines)
+    return counts
+
+
 def _write_task(task: SynthTask, dest: Path, seed: int, test_size: int) -> None:
     """Write one task into ``dest`` (a fresh folder); the marker goes last."""
     (dest / "images").mkdir(parents=True)
@@ -164,15 +191,12 @@ def _write_task(task: SynthTask, dest: Path, seed: int, test_size: int) -> None:
     lines: dict[str, list[tuple[str, int]]] = {}
     for split, stream in streams.items():
         images, labels = task.generate(sizes[split], seed, stream)
-        lines[split] = []
-        for i, (image, label) in enumerate(zip(images, labels, strict=True)):
-            rel = f"images/{stream}_{i:05d}.png"
-            Image.fromarray(image).save(dest / rel, compress_level=1)
-            lines[split].append((rel, int(label)))
+        lines[split] = _save(dest, stream, images, labels)
+    shifts = _write_shifts(task, dest, seed, (images, labels))  # the last stream: test
     lines["train800val200"] = lines["train800"] + lines["val200"]
     for split, items in lines.items():
         write_split(dest, split, items)
-    counts = {split: len(items) for split, items in lines.items()}
+    counts = {**{split: len(items) for split, items in lines.items()}, **shifts}
     marker = {"version": SYNTH_VERSION, "seed": seed, "task": task.name, "counts": counts}
     (dest / SUCCESS_MARKER).write_text(json.dumps(marker, indent=1))
 
@@ -202,6 +226,7 @@ def write_synth_suite(
         "val200": SPLIT_SIZES["val200"],
         "train800val200": SPLIT_SIZES["train800"] + SPLIT_SIZES["val200"],
         "test": test_size,
+        **{f"shift_{name}": min(test_size, SHIFT_SIZE) for name in SHIFTS},
     }
     written = []
     for name in names:
