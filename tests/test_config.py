@@ -69,3 +69,12 @@ def test_overrides_and_missing_file(tmp_path: Path):
     bad.write_text("name: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_synth_shifts_resolve_under_the_data_root_and_other_names_fail(tmp_path):
+    cfg = load_config(None, {"data_root": str(tmp_path)})  # the quickstart ships shifts
+    assert cfg.shifts["synth/count"] == {"noise": str(tmp_path / "synth/count/shift_noise.txt")}
+    for task, name in (("synth/count", "blur"), ("vtab1k/dtd", "noise")):
+        doc = {"name": "x", "tasks": [task], "methods": ["lora"], "shifts": {task: {name: "synth"}}}
+        with pytest.raises(ConfigError, match=f"shifts.{task}.{name}: 'synth' names"):
+            parse_config(doc)

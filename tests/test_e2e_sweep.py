@@ -50,6 +50,7 @@ def sweep(tmp_path_factory):
             },
             "final": {"seeds": SEEDS},
             "ray": {"num_cpus": 2},
+            "shifts": {TASKS[1]: {"noise": "synth"}},  # the synth suite's own shift set
         }
     )
     with open(root / "console.txt", "w") as log:
@@ -108,6 +109,9 @@ def test_leaderboard_has_a_finite_test_accuracy_per_task_and_method(sweep):
     assert (summary["seeds"] == SEEDS).all() and len({r["tags"]["seed"] for r in finals}) == SEEDS
     board = [r for r in runs if r["tags"].get("stage") == "leaderboard"]
     assert len(board) == 1 and "lora/mean_flat" in board[0]["metrics"]
+    # robustness: the shifted task's finals were scored on its shift set, shown as a column
+    shifted = summary[summary["task"] == TASKS[1]]["shift/noise/acc"]
+    assert shifted.between(0, 1).all() and f"{TASKS[1]} [shift noise]" in text
 
 
 def test_final_configs_are_the_best_validation_trials(sweep):

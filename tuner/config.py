@@ -22,6 +22,25 @@ from tuner.util import unknown_message
 QUICKSTART = Path(__file__).parent / "quickstart.yaml"
 
 
+#: A ``shifts`` value naming a synthetic task's own shift set (``shift_<name>.txt``)
+SYNTH_SHIFT = "synth"
+
+
+def synth_shift_path(task: str, name: str, data_root: str | Path) -> Path:
+    """Where the synth suite writes ``task``'s shift set ``name`` (absolute)."""
+    from tuner.data.subsets import parse_task
+    from tuner.data.synth.shifted import SHIFTS, shift_file
+    from tuner.data.tasks import get_task, task_dir
+
+    base = parse_task(task).base
+    if get_task(base).suite != "synth" or name not in SHIFTS:
+        raise ValueError(
+            f"shifts.{task}.{name}: 'synth' names a synthetic task's own shift set; "
+            f"expected a synth/* task and one of {sorted(SHIFTS)}"
+        )
+    return (task_dir(base, Path(data_root)) / shift_file(name)).absolute()
+
+
 class ConfigError(ValueError):
     """A sweep config that cannot be run; the message names the file and field path."""
 
@@ -134,7 +153,8 @@ class SweepConfig(_Strict):
     ray: RaySettings = RaySettings()
     shifts: dict[str, dict[str, str]] = Field(
         default_factory=dict,
-        description="evaluation-only shift sets: task id -> {shift name -> list file or folder}",
+        description="evaluation-only shift sets: task id -> {shift name -> list file, folder, "
+        "or synth (a synth task's own shift set)}",
     )
 
     @field_validator("methods")
@@ -156,6 +176,9 @@ class SweepConfig(_Strict):
                     f"shifts: task {task!r} is not in the sweep; expected one of {self.tasks}"
                 )
             for name, path in sets.items():
+                if path == SYNTH_SHIFT:
+                    sets[name] = str(synth_shift_path(task, name, self.data_root))
+                    continue  # written with the synth suite when the sweep starts
                 if not Path(path).exists():
                     raise ValueError(
                         f"shifts.{task}.{name}: {path} does not exist; expected a "

@@ -18,6 +18,7 @@ from tuner.leaderboard.render import heatmap_png, html_page, pareto_png, to_mark
 from tuner.leaderboard.sections import Section, analysis_sections
 from tuner.leaderboard.summarise import (
     compare,
+    fold_free,
     method_means,
     notes,
     ordered,
@@ -124,7 +125,8 @@ def study_row(rows: dict[tuple[str, ...], Any], tags: dict[str, str]) -> Any:
     leaves exactly one row (a resumed sweep can pair such a study with newer finals)."""
     if "task" not in tags or "method" not in tags:
         return None
-    task, backbone = tags["task"], tags.get("backbone", "")
+    # a fold's study (T@n#k) belongs to its size's row (T@n), where folds are aggregated
+    task, backbone = fold_free(tags["task"]), tags.get("backbone", "")
     if "protocol" in tags:
         return rows.get((task, backbone, tags["protocol"], tags["method"]))
     found = [r for k, r in rows.items() if (k[0], k[1], k[3]) == (task, backbone, tags["method"])]
