@@ -30,6 +30,7 @@ def tune_trainable(
 
     Checkpoints follow ``policy`` (``tuner.sweep.checkpoints``); each records how long it
     took (``checkpoint_s``) so the sweep's cost of checkpointing is measured, not guessed."""
+    entered = time.perf_counter()
     policy = policy or CheckpointPolicy()
     trainer = Trainer(spec.with_hp(config), fetch=fetch_artifact)
     checkpoint = tune.get_checkpoint()
@@ -38,8 +39,11 @@ def tune_trainable(
             trainer.load(Path(directory))
     node = ray.get_runtime_context().get_node_id()  # which node ran it, for the spread
     since = time.monotonic()
+    setup_s = time.perf_counter() - entered  # model, method, data: reported once
     for metrics in trainer.epochs():
         metrics["node_id"] = node
+        if setup_s is not None:
+            metrics["trial_setup_s"], setup_s = setup_s, None
         last = trainer.epoch >= trainer.spec.epochs or trainer.diverged
         if not policy.due(trainer.epoch, time.monotonic() - since, last):
             tune.report(metrics)

@@ -3,7 +3,8 @@
 A sweep pays for ``slots × wall`` slot-seconds (slots: how many trials fit at once). Its
 busy slot-seconds are the wall time of every trial and final run it started (their MLflow
 runs carry true start and end times); the part inside epochs is the sum of their per-epoch
-``epoch_time_s``. What is missing from 1.0 is scheduling (Tuner start-up, actor start,
+``epoch_time_s`` (training) and ``eval_time_s`` (the validation pass ASHA needs each epoch).
+What is missing from 1.0 is scheduling (Tuner start-up, actor start,
 queueing, reporting); what is missing between busy and in-epoch is a run's own set-up and
 evaluation. Only runs that started during this sweep count (reused studies cost nothing).
 
@@ -55,9 +56,9 @@ def slot_utilisation(
             first_trial[parent] = min(first_trial.get(parent, math.inf), start / 1000)
         runs += 1
         busy += (end - start) / 1000
-        for name in ("epoch_time_s", "checkpoint_s"):
+        for name in ("epoch_time_s", "eval_time_s", "checkpoint_s"):
             total = sum(m.value for m in tracker.client.get_metric_history(row["run_id"], name))
-            in_epochs += total if name == "epoch_time_s" else 0.0
+            in_epochs += total if name != "checkpoint_s" else 0.0
             checkpoints += total if name == "checkpoint_s" else 0.0
     waits = [first_trial[p] - r["start_time"] / 1000 for p, r in parents.items()
              if p in first_trial]  # fmt: skip

@@ -234,7 +234,9 @@ class Trainer:
                 if self.diverged:
                     metrics[key] = 0.0
                 else:  # the loss too: overfitting shows in val loss before val accuracy
+                    started = time.perf_counter()
                     logits, labels = self.predict(self.eval_split)
+                    metrics["eval_time_s"] = time.perf_counter() - started
                     metrics[key] = float((logits.argmax(1) == labels).float().mean())
                     metrics[f"{self.eval_split}/loss"] = float(F.cross_entropy(logits, labels))
             metrics.update(
