@@ -25,10 +25,16 @@ both stated in the allocation report:
 
 ``budget`` is a fraction of the eligible backbone parameters, so one search space serves
 every ViT size (the paper's 0.2–1.0 M on ViT-B/16 is 0.24–1.18 %).
+
+Ablations (method options ``allocation_mode`` and, in the method, ``allocation``):
+``structured`` buys only modules and whole vectors (ziplab/SPT's ``--structured_only``);
+``unstructured`` spends the whole budget on the top matrix entries; ``allocation: random``
+runs the same rules on seeded random scores (:func:`~tuner.methods.spt.sensitivity.random_scores`).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -36,6 +42,9 @@ import torch
 from torch import nn
 
 Structure = Literal["lora", "adapter"]
+Mode = Literal["both", "structured", "unstructured"]
+#: The kinds of tuning that may receive budget: SPT's mix (``both``) and its two ablations.
+MODES: tuple[Mode, ...] = ("both", "structured", "unstructured")
 
 
 @dataclass(frozen=True)
@@ -122,26 +131,35 @@ def allocate(
     module_cost: dict[str, int],
     alpha: float,
     beta: float,
+    mode: Mode = "both",
 ) -> Allocation:
     """SPT's allocation of ``budget`` parameters (see the module docstring).
 
     The realised count equals ``budget`` unless the budget exceeds what SPT can place
-    (every matrix entry plus every vector), where it is all of that.
+    (every matrix entry plus every vector), where it is all of that. ``mode`` is the
+    ablation (see ``MODES``): ``unstructured`` spends the budget on the top matrix entries
+    alone; ``structured`` is :func:`allocate_structured`.
     """
+    if mode not in MODES:
+        raise ValueError(f"allocation mode must be one of {MODES}, got {mode!r}")
+    if mode == "structured":
+        return allocate_structured(units, scores, budget, module_cost, alpha, beta)
     flat = torch.cat([unit_scores(u, scores).cpu() for u in units])
     sizes = torch.tensor([u.numel for u in units])
     owner = torch.repeat_interleave(torch.arange(len(units)), sizes)
     starts = torch.cumsum(sizes, 0) - sizes
-    budget = int(min(max(budget, 0), flat.numel()))
-    order = _top_order(flat, min(flat.numel(), max(2 * budget, 4096)))
     matrix = torch.tensor([u.kind == "matrix" for u in units])
+    placeable = flat.numel() if mode == "both" else int(sizes[matrix].sum())
+    budget = int(min(max(budget, 0), placeable))
+    order = _top_order(flat, min(flat.numel(), max(2 * budget, 4096)))
     cost_struct = torch.tensor([module_cost.get(u.name, 0) for u in units])
     dims = sizes.clone()
+    mixed = mode == "both"  # unstructured-only: no module, no whole vector
 
     def decide(k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
         counts = torch.bincount(owner[order[:k]], minlength=len(units))
-        structured = matrix & (counts * alpha >= cost_struct) & (counts > 0)
-        whole = ~matrix & (counts * beta >= dims) & (counts > 0)
+        structured = mixed & matrix & (counts * alpha >= cost_struct) & (counts > 0)
+        whole = mixed & ~matrix & (counts * beta >= dims) & (counts > 0)
         cost = torch.where(structured, cost_struct, torch.where(matrix, counts, 0))
         cost = torch.where(whole, dims, cost)
         return counts, structured, whole, int(cost.sum())
@@ -181,6 +199,53 @@ def allocate(
         sensitive={u.name: int(c) for u, c in zip(units, counts.tolist(), strict=True) if c},
         top_k=lo,
     )
+
+
+def allocate_structured(
+    units: list[Unit],
+    scores: dict[str, torch.Tensor],
+    budget: int,
+    module_cost: dict[str, int],
+    alpha: float,
+    beta: float,
+) -> Allocation:
+    """Structured-only (ziplab/SPT's ``structured_only``): modules and whole vectors, no
+    entries.
+
+    A unit *qualifies* once the top-ranked entries hold enough of it (≥ module cost / α
+    for a matrix, ≥ dim / β for a vector: SPT's rules), that is when the ranking reaches
+    its ``need``-th largest score. Walking down the ranking, each unit is taken when it
+    qualifies if it still fits the budget. A module is not divisible, so the realised
+    count is at most ``budget``, usually within one module. Only per-unit top-k and one
+    count are needed, no global sort: entries of units that never qualify cost nothing,
+    so the walk may go far below the top τ (all of ViT-B's 85 M scores).
+    """
+    budget = max(int(budget), 0)
+    per_unit = [unit_scores(u, scores).cpu() for u in units]
+    taken: list[int] = []
+    rank = []  # (score at which the unit qualifies, model position) per unit
+    for i, (unit, values) in enumerate(zip(units, per_unit, strict=True)):
+        matrix = unit.kind == "matrix"
+        price = module_cost.get(unit.name, 0) if matrix else unit.numel
+        need = max(1, math.ceil((price / alpha if matrix else unit.numel / beta) - 1e-9))
+        if price > 0 and need <= values.numel():
+            rank.append((float(torch.topk(values, need).values[-1]), i, price))
+    left, floor = budget, math.inf
+    for value, i, price in sorted(rank, key=lambda r: (-r[0], r[1])):
+        if price <= left:
+            taken.append(i)
+            left -= price
+            floor = value
+    counts = [int((v >= floor).sum()) for v in per_unit] if taken else [0] * len(units)
+    return Allocation(
+        budget=budget,
+        structured={units[i].name: module_cost[units[i].name] for i in taken
+                    if units[i].kind == "matrix"},
+        whole={units[i].name: units[i].numel for i in taken if units[i].kind == "vector"},
+        sparse={},
+        sensitive={u.name: c for u, c in zip(units, counts, strict=True) if c},
+        top_k=sum(counts),
+    )  # fmt: skip
 
 
 def _top_order(flat: torch.Tensor, k: int) -> torch.Tensor:

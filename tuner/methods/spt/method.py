@@ -29,6 +29,7 @@ from tuner.methods.base import (
 from tuner.methods.hooks import Bottleneck
 from tuner.methods.spt import sensitivity as sens
 from tuner.methods.spt.allocation import (
+    MODES,
     Allocation,
     Structure,
     Unit,
@@ -37,9 +38,12 @@ from tuner.methods.spt.allocation import (
     placeholder_allocation,
 )
 from tuner.records import Prepared
+from tuner.util import content_hash
 
 #: Attribute on the model listing the vectors SPT trains whole (names after wrapping).
 WHOLE_VECTORS = "spt_whole_vectors"
+#: Where the budget goes: the most sensitive positions (SPT) or seeded random ones (ablation).
+ALLOCATIONS = ("sensitivity", "random")
 
 
 class LowRank(MergeScaled):
@@ -142,6 +146,17 @@ class SPTMethod(Method):
         "alpha": HParam(10.0, "α: structured if sensitive entries ≥ module cost / α"),
         "beta": HParam(5.0, "β: a vector trains whole if sensitive entries ≥ dim / β"),
         "scale": HParam(1.0, "output scale of structured adapters"),
+        # the ablations (He et al., Sec. 4.3; ziplab/SPT's --sensitivity_batch_num and
+        # --structured_only): each a search-space value or a ``search.fixed`` entry
+        "sensitivity_batches": HParam(
+            sens.DEFAULT_BATCHES, "training batches the sensitivity pass sums gradients over"
+        ),
+        "allocation": HParam(
+            "sensitivity", "sensitivity | random (same budget, seeded random positions)"
+        ),
+        "allocation_mode": HParam(
+            "both", "both | structured (modules, whole vectors) | unstructured (entries only)"
+        ),
     }
 
     def __init__(self, **hp: Any) -> None:
@@ -157,6 +172,12 @@ class SPTMethod(Method):
         for key in ("alpha", "beta"):
             if float(self.hp[key]) <= 0:
                 raise ValueError(f"{self.name}: {key} must be > 0, got {self.hp[key]}")
+        if int(self.hp["sensitivity_batches"]) < 1:
+            raise ValueError(f"{self.name}: sensitivity_batches must be >= 1")
+        choices = {"allocation": ALLOCATIONS, "allocation_mode": MODES}
+        for key, valid in choices.items():
+            if self.hp[key] not in valid:
+                raise ValueError(f"{self.name}: {key} must be one of {valid}, got {self.hp[key]!r}")
 
     def set_sensitivity(self, scores: dict[str, torch.Tensor]) -> None:
         """Give the method its task's sensitivity scores (before ``apply``)."""
@@ -190,6 +211,7 @@ class SPTMethod(Method):
                     costs,
                     float(self.hp["alpha"]),
                     float(self.hp["beta"]),
+                    self.hp["allocation_mode"],
                 )
             elif next(model.parameters()).device.type == "meta":
                 alloc = placeholder_allocation(units, budget)
@@ -254,18 +276,24 @@ class SPTMethod(Method):
         """The study's sensitivity scores: from the cache, the study's artifact, or computed.
 
         Scores are taken on a copy of the pretrained backbone with a head initialised from the
-        study's seed, so tune and final runs (other seeds) share one cache entry.
+        study's seed, so tune and final runs (other seeds) share one cache entry. The key
+        holds everything the scores depend on, ``sensitivity_batches`` included; the
+        allocation mode is not in it (it only changes how the scores are spent). The random
+        ablation needs neither gradients nor data (:meth:`_prepare_random`).
         """
+        if self.hp["allocation"] == "random":
+            return self._prepare_random(model, ctx)
         x, y = train
         head = {id(p) for _, p in head_parameters(model)}
         backbone = {n: p for n, p in model.named_parameters() if id(p) not in head}
+        batches = int(self.hp["sensitivity_batches"])
         key = sens.sensitivity_key(
             ctx.backbone,
             sens.tensor_digest(backbone),
             ctx.task,
             sens.tensor_digest([x, y, ctx.mean, ctx.std]),  # data as the model sees it
             ctx.seed,
-            sens.DEFAULT_BATCHES,
+            batches,
             sens.DEFAULT_BATCH_SIZE,
         )
 
@@ -274,15 +302,36 @@ class SPTMethod(Method):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(ctx.seed)
                 probe.reset_classifier(ctx.num_classes)
-            return sens.compute_sensitivity(probe.to(ctx.device), x, y, ctx.to_input, seed=ctx.seed)
+            return sens.compute_sensitivity(
+                probe.to(ctx.device), x, y, ctx.to_input, seed=ctx.seed, batches=batches
+            )
 
-        meta = {"backbone": ctx.backbone, "task": ctx.task, "seed": ctx.seed}
-        scores, source = sens.obtain_scores(
-            key, ctx.cache_dir, compute, meta, ctx.shared_uri, ctx.fetch
-        )
+        meta = {"backbone": ctx.backbone, "task": ctx.task, "seed": ctx.seed, "batches": batches}
+        # The study's artifact holds the scores of the study's own settings: a trial that
+        # searched another batch count must not take them for its own.
+        shared = ctx.shared_uri if (ctx.shared_uri or "").endswith(f"/{key}.safetensors") else None
+        scores, source = sens.obtain_scores(key, ctx.cache_dir, compute, meta, shared, ctx.fetch)
         self.set_sensitivity(scores)
         path = sens.cache_path(ctx.cache_dir, key)
         return Prepared("sensitivity", key, source, str(path))
+
+    def _prepare_random(self, model: nn.Module, ctx: PrepareContext) -> Prepared:
+        """Seeded random scores (study seed, so tune and final runs agree); no gradient.
+
+        The cache keeps only a small record of the seed (the scores are cheaper to redraw
+        than to store): the sweep logs it as the study's artifact like any prepare result.
+        """
+        units = allocation_units(model)
+        shapes = content_hash([(u.name, u.rows, u.cols) for u in units], 16)
+        key = sens.random_key(ctx.backbone, shapes, ctx.seed)
+        path = sens.cache_path(ctx.cache_dir, key)
+        source = "cache" if path.exists() else "computed"
+        if not path.exists():
+            record = {"seed": torch.tensor([int(ctx.seed)])}
+            meta = {"backbone": ctx.backbone, "seed": ctx.seed, "allocation": "random"}
+            sens.save_scores(path, record, {**meta, "key": key})
+        self.set_sensitivity(sens.random_scores(units, ctx.seed))
+        return Prepared("random_scores", key, source, str(path))
 
     def report(self) -> MethodReport | None:
         """The allocation table (parquet), its plot and the ``spt/*`` totals."""

@@ -27,12 +27,14 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from tuner.methods.spt.allocation import allocation_units
+from tuner.methods.spt.allocation import Unit, allocation_units
 from tuner.util import atomic_write, content_hash
 
 #: The paper's default: 16 batches of 32 training images.
 DEFAULT_BATCHES = 16
 DEFAULT_BATCH_SIZE = 32
+#: Spread of the per-unit levels of the random ablation's scores (log-normal σ).
+RANDOM_LEVEL_SIGMA = 2.0
 
 
 def tensor_digest(tensors: dict[str, torch.Tensor] | list[torch.Tensor]) -> str:
@@ -102,6 +104,37 @@ def compute_sensitivity(
         for name, param in model.named_parameters():
             param.requires_grad_(flags[name])
     return {n: s.cpu() for n, s in scores.items()}
+
+
+def random_scores(units: list[Unit], seed: int) -> dict[str, torch.Tensor]:
+    """Seeded random scores in place of sensitivity: the ``allocation: random`` ablation.
+
+    Each unit draws a level (log-normal, σ = ``RANDOM_LEVEL_SIGMA``) and each of its entries
+    a uniform number scaled by that level. Which entries *and* which matrices rank high is
+    then random, yet the scores stay as uneven across units as real sensitivities are, so
+    SPT's α/β rules still produce a mix of structured modules and sparse entries (i.i.d.
+    scores would spread the top entries evenly and buy no module below a threshold budget).
+    No gradient, no data: the same seed gives the same scores on any machine.
+    """
+    g = torch.Generator().manual_seed(int(seed))
+    shapes: dict[str, tuple[int, ...]] = {}
+    for unit in units:
+        rows = max(unit.rows[1], shapes.get(unit.param, (0,))[0])
+        shapes[unit.param] = (rows,) if unit.kind == "vector" else (rows, unit.cols)
+    out = {name: torch.zeros(shape) for name, shape in shapes.items()}
+    for unit in units:
+        level = float(torch.exp(RANDOM_LEVEL_SIGMA * torch.randn((), generator=g)))
+        draw = torch.rand(unit.numel, generator=g) * level
+        if unit.kind == "vector":
+            out[unit.param] = draw
+        else:
+            out[unit.param][unit.rows[0] : unit.rows[1]] = draw.view(-1, unit.cols)
+    return out
+
+
+def random_key(backbone: str, shapes_digest: str, seed: int) -> str:
+    """The random ablation's key: its scores depend on the units' shapes and the seed only."""
+    return content_hash(["random-scores", backbone, shapes_digest, seed, RANDOM_LEVEL_SIGMA], 24)
 
 
 def cache_path(cache_dir: Path, key: str) -> Path:
