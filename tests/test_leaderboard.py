@@ -213,3 +213,20 @@ def test_pareto_puts_zero_parameter_methods_at_a_labelled_zero():
     assert ax.get_xscale() == "symlog"
     labels = [t.get_text().strip("$").replace("\\mathdefault", "") for t in ax.get_xticklabels()]
     assert "{0}" in labels and dict(zip(labels, ax.get_xticks(), strict=True))["{0}"] == 0
+
+
+def test_an_ablation_variant_gets_its_own_row_beside_its_method(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    tracker = TrackingService(uri, "ablation")
+    for variant, correct, seed in (("", 150, 0), ("", 160, 1), ("allocation=random", 100, 0)):
+        key = f"final/{variant}/{seed}"
+        tags = {"stage": "final", "task": "synth/count", "method": "spt_lora", "seed": seed}
+        tracker.start_run(key, key, {**tags, **({"variant": variant} if variant else {})})
+        tracker.log_metrics(key, {"test/acc": correct / N}, 1)
+        tracker.log_artifact_bytes(key, "test_predictions.parquet", _predictions(correct))
+        tracker.end_run(key)
+    paths, _ = build(uri, ["ablation"], tmp_path / "out", "ablation")
+    summary = pd.read_parquet(paths["summary"]).set_index("method")
+    assert summary.loc["spt_lora", "test_acc"] == pytest.approx(155 / N)  # its 2 seeds only
+    assert summary.loc["spt_lora (allocation=random)", "test_acc"] == pytest.approx(100 / N)
+    assert "spt_lora (allocation=random)" in paths["markdown"].read_text()

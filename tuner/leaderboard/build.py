@@ -13,7 +13,14 @@ from typing import Any
 
 import pandas as pd
 
-from tuner.leaderboard.collect import ROW_COLUMNS, Records, Reference, collect, load_reference
+from tuner.leaderboard.collect import (
+    ROW_COLUMNS,
+    Records,
+    Reference,
+    collect,
+    load_reference,
+    row_key,
+)
 from tuner.leaderboard.render import heatmap_png, html_page, pareto_png, to_markdown
 from tuner.leaderboard.sections import Section, analysis_sections
 from tuner.leaderboard.summarise import (
@@ -127,9 +134,10 @@ def study_row(rows: dict[tuple[str, ...], Any], tags: dict[str, str]) -> Any:
         return None
     # a fold's study (T@n#k) belongs to its size's row (T@n), where folds are aggregated
     task, backbone = fold_free(tags["task"]), tags.get("backbone", "")
+    method = row_key(tags)[2]  # with its variant, as the summary's rows are keyed
     if "protocol" in tags:
-        return rows.get((task, backbone, tags["protocol"], tags["method"]))
-    found = [r for k, r in rows.items() if (k[0], k[1], k[3]) == (task, backbone, tags["method"])]
+        return rows.get((task, backbone, tags["protocol"], method))
+    found = [r for k, r in rows.items() if (k[0], k[1], k[3]) == (task, backbone, method)]
     return found[0] if len(found) == 1 else None
 
 

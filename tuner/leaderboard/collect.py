@@ -42,8 +42,21 @@ SHIFT_METRIC = re.compile(r"shift/[^/]+/acc")
 
 def row_key(tags: dict[str, str]) -> RowKey:
     """A run's row: its backbone and protocol tags (absent in runs logged before they
-    existed, or planted by hand) and its method."""
-    return tags.get("backbone", ""), tags.get("protocol", ""), tags["method"]
+    existed, or planted by hand) and its method, with its ``variant`` (the study's fixed
+    options, e.g. ``spt_lora (allocation=random)``) so an ablation gets its own row beside
+    the method's instead of being averaged in as extra seeds."""
+    method, variant = tags["method"], tags.get("variant", "")
+    return (
+        tags.get("backbone", ""),
+        tags.get("protocol", ""),
+        (f"{method} ({variant})" if variant else method),
+    )
+
+
+def variant_tag(fixed: dict[str, object]) -> dict[str, str]:
+    """The ``variant`` tag of a study's runs: its fixed options as ``k=v,...`` (none: no tag)."""
+    text = ",".join(f"{k}={v}" for k, v in sorted(fixed.items()))
+    return {"variant": text} if text else {}
 
 
 @dataclass

@@ -15,6 +15,7 @@ from typing import Any
 import ray
 
 from tuner.config import SweepConfig
+from tuner.leaderboard.collect import variant_tag
 from tuner.records import LOGGED, FinalResult, StudySummary
 from tuner.sweep.specs import trial_spec
 from tuner.sweep.study import protocol_hash
@@ -86,6 +87,7 @@ def log_final(cfg: SweepConfig, tracker: Any, result: FinalResult, dataset: dict
         "git_sha": result.environment["git_sha"],
         "final_hash": result.final_hash,
         "node": result.node_id,
+        **variant_tag(cfg.search.fixed.get(spec.method, {})),
     }
     name = f"final {result.study} seed{result.seed_index}"
     params = {**spec.hp, "seed": spec.seed, "epochs": spec.epochs, "batch_size": spec.batch_size}

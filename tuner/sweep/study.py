@@ -23,6 +23,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from tuner import methods
 from tuner.backbones import resolve_backbone
 from tuner.config import SweepConfig
+from tuner.leaderboard.collect import variant_tag
 from tuner.records import METRIC, StudySummary, TrialRecord, first_line, trial_outcome
 from tuner.sweep.callbacks import MLflowTrialCallback
 from tuner.sweep.checkpoints import CheckpointPolicy
@@ -105,6 +106,7 @@ def study_tags(cfg: SweepConfig, study: StudySpec) -> dict[str, str]:
         "stage": "tune",
         "study": study.key,
         "sweep": cfg.name,
+        **variant_tag(study.fixed),
     }
 
 
