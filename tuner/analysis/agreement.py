@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from tuner import methods
+from tuner.analysis.figures import save_figure
 from tuner.analysis.predictions import Predictions, final_predictions
 from tuner.analysis.run import AnalysisError, Output, analysis
 from tuner.tracking.client import TrackingService
@@ -104,11 +105,13 @@ def heatmaps(table: pd.DataFrame, path: Path) -> Path:
         ax.set_title(title, fontsize=8)
         for i, j in itertools.product(range(len(methods)), repeat=2):
             ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=6, color="w")
-    fig.suptitle("prediction agreement between methods (test set, seed-matched)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(
+        fig,
+        path,
+        "prediction agreement between methods (test set, seed-matched)",
+        fontsize=9,
+        dpi=120,
+    )
 
 
 @analysis("agreement")

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from tuner import methods
+from tuner.analysis.figures import save_figure
 from tuner.analysis.run import AnalysisError, Output, analysis
 from tuner.leaderboard.collect import row_key
 from tuner.methods.spt.allocation_table import MATRICES, unit_label
@@ -211,11 +212,9 @@ def depth_heatmap(table: pd.DataFrame, path: Path) -> Path:
         ax.set_xlabel("block depth")
         ax.set_title(name, fontsize=9)
         fig.colorbar(image, ax=ax, fraction=0.046, label="share of budget")
-    fig.suptitle("SPT allocation: share of the budget per block depth", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(
+        fig, path, "SPT allocation: share of the budget per block depth", fontsize=10, dpi=120
+    )
 
 
 def stacked_bars(table: pd.DataFrame, column: str, order: tuple[str, ...], path: Path) -> Path:
@@ -238,11 +237,9 @@ def stacked_bars(table: pd.DataFrame, column: str, order: tuple[str, ...], path:
         ax.tick_params(axis="x", labelrotation=60, labelsize=7)
     axes[0][0].set_ylabel("share of budget")
     axes[0][-1].legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
-    fig.suptitle(f"SPT allocation: share of the budget per {column}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(
+        fig, path, f"SPT allocation: share of the budget per {column}", fontsize=10, dpi=120
+    )
 
 
 @analysis("allocation")

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from tuner import methods
+from tuner.analysis.figures import save_figure
 from tuner.analysis.models import FinalModel, load_final_model, model_input
 from tuner.analysis.run import AnalysisError, Output, analysis
 from tuner.data.tasks import task_order
@@ -141,11 +142,7 @@ def grid_plot(
             ax.set_title(f"{method}: pred {res[method]['pred'][i]}", fontsize=7)
         for ax in axes[i]:
             ax.axis("off")
-    fig.suptitle(f"{task}: Grad-CAM, last block", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, f"{task}: Grad-CAM, last block", fontsize=9, dpi=110)
 
 
 def _option_n(options: dict[str, str]) -> int:

@@ -24,6 +24,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from tuner.analysis.figures import save_figure
 from tuner.analysis.run import AnalysisError, Output, analysis
 from tuner.data.tasks import task_order
 from tuner.records import PARENT_RUN_TAG
@@ -147,11 +148,13 @@ def task_plot(part: pd.DataFrame, task: str, path: Path) -> Path:
         ax.set_ylabel(what)
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=6, loc="lower right")
-    fig.suptitle(f"{task}: chosen trials (train --, val —) and final runs (train ··)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(
+        fig,
+        path,
+        f"{task}: chosen trials (train --, val —) and final runs (train ··)",
+        fontsize=9,
+        dpi=110,
+    )
 
 
 @analysis("curves")

@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from tuner.analysis.figures import save_figure
 from tuner.analysis.frechet import bootstrap_frechet, frechet_between
 from tuner.analysis.models import final_spec, frozen_backbone, pre_logits
 from tuner.analysis.run import AnalysisError, Output, analysis
@@ -241,10 +242,7 @@ def gap_plot(table: pd.DataFrame, path: Path) -> Path:
         ax.bar(0, 0, color=GROUP_COLOURS.get(group, "tab:gray"), label=group)
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title("domain gap: " + LAYER, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 @analysis("domain-gap")

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from tuner import methods
+from tuner.analysis.figures import save_figure
 from tuner.analysis.run import AnalysisError, Output, analysis
 from tuner.leaderboard.collect import final_runs, row_key
 from tuner.leaderboard.stats import bootstrap_ties, per_example_accuracy
@@ -265,11 +266,9 @@ def bar_chart(table: pd.DataFrame, path: Path) -> Path:
         ax.set_title(key[0] if len({k[1:] for k in keys}) == 1 else " ".join(key), fontsize=8)
         ax.set_ylabel("test accuracy", fontsize=7)
         ax.legend(fontsize=6, loc="lower right")
-    fig.suptitle("ensembles of tuned methods vs the best single method", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(
+        fig, path, "ensembles of tuned methods vs the best single method", fontsize=9, dpi=120
+    )
 
 
 def parse_k(options: dict[str, str]) -> int:

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from tuner.analysis.domain_gap import GROUP_COLOURS, gap_table
+from tuner.analysis.figures import save_figure
 from tuner.analysis.run import AnalysisError, Output, analysis
 from tuner.tracking.client import TrackingService
 
@@ -129,10 +130,7 @@ def quadrant_plot(table: pd.DataFrame, a: str, b: str, path: Path) -> Path:
     title = f"{a} vs {b}: when does it win?"
     ax.set_title(title + (" (size = training set size)" if several else ""), fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 @analysis("quadrant")

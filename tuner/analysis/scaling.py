@@ -27,6 +27,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.ticker import NullFormatter
 
+from tuner.analysis.figures import save_figure
 from tuner.analysis.run import AnalysisError, Output, analysis
 from tuner.data.subsets import parse_task
 from tuner.data.tasks import get_task
@@ -183,10 +184,7 @@ def scaling_png(table: pd.DataFrame, task: str, path: Path) -> Path:
     ax.set_title(f"{task}: accuracy vs training-set size")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 @analysis("scaling")

@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 
 from tuner import methods
+from tuner.analysis.figures import save_figure
 from tuner.analysis.interpolate import WeightPath
 from tuner.analysis.run import AnalysisError, Output, analysis
 from tuner.backbones import create_backbone, input_spec
@@ -226,11 +227,9 @@ def robustness_plot(table: pd.DataFrame, path: Path) -> Path:
         ax.set_ylabel("mean shift-set accuracy" if shifted else "target test accuracy", fontsize=8)
         ax.set_title(task, fontsize=9)
         ax.legend(fontsize=6)
-    fig.suptitle("WiSE-FT: pretrained (square) to tuned (star) along alpha", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(
+        fig, path, "WiSE-FT: pretrained (square) to tuned (star) along alpha", fontsize=9, dpi=120
+    )
 
 
 @analysis("wise")
