@@ -37,6 +37,7 @@ def test_a_lora_checkpoint_is_a_small_fraction_of_a_full_one():
     assert 0 < lora["bytes"] < full["bytes"] / 3  # frozen backbone: never in the file
     # 100 one-second epochs: every epoch writes 99 checkpoints, every 60 s one
     every_epoch = checkpoint_cost.shares(0.5, 1.0, CheckpointPolicy(1, 0), 100)
-    timed = checkpoint_cost.shares(0.5, 1.0, CheckpointPolicy(), 100)
+    timed = checkpoint_cost.shares(0.5, 1.0, CheckpointPolicy(every_s=60), 100)
     assert every_epoch == pytest.approx(99 * 0.5 / (100 + 99 * 0.5))
     assert timed == pytest.approx(0.5 / 100.5)
+    assert checkpoint_cost.shares(0.5, 1.0, CheckpointPolicy(), 100) == 0  # default: 120 s

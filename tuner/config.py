@@ -61,7 +61,7 @@ class TuneSettings(_Strict):
         0, ge=0, description="epochs between trial checkpoints (0: only the time rule)"
     )
     checkpoint_interval_s: float = Field(
-        60.0, ge=0, description="seconds of training between trial checkpoints (0: off)"
+        120.0, ge=0, description="seconds of training between trial checkpoints (0: off)"
     )
     early_stopping: bool = Field(
         True, description="ASHA; false: every trial runs max_epochs (a grid search as published)"

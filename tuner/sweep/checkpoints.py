@@ -4,7 +4,7 @@ Every epoch was the old rule. On a GPU a VTAB-1k epoch is well under a second wh
 ``full`` ViT-B/16 checkpoint (trainable tensors + AdamW moments) is about 1 GB, so writing
 one per epoch could cost more than the training. A checkpoint only matters when a trial is
 restarted (node loss, ``--resume``), and then what it saves is the training since the last
-one; so the default is time-based: at most one per ``every_s`` seconds of training, which
+one; so the default is time-based: at most one per ``every_s`` (120) seconds of training, which
 bounds both the loss on a failure (``every_s`` plus one epoch) and the overhead
 (``save_s / every_s``). ``every_epochs`` adds the old epoch rule for those who want it.
 
@@ -22,7 +22,7 @@ class CheckpointPolicy:
     #: epochs between checkpoints (0: no epoch rule)
     every_epochs: int = 0
     #: seconds of training between checkpoints (0: no time rule)
-    every_s: float = 60.0
+    every_s: float = 120.0
 
     def due(self, epoch: int, seconds_since_last: float, last_epoch: bool) -> bool:
         """Whether to checkpoint after ``epoch`` (1-based), ``seconds_since_last`` after the
