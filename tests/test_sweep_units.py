@@ -135,3 +135,15 @@ def test_checkpoints_follow_the_time_and_epoch_rules_and_never_end_a_trial():
     both = CheckpointPolicy(every_epochs=10, every_s=60)
     assert both.due(10, 1.0, False) and both.due(7, 61.0, False) and not both.due(7, 1.0, False)
     assert not CheckpointPolicy(0, 0).due(10, 1e9, False)
+
+
+def test_a_studys_fixed_options_tag_its_runs_as_a_variant():
+    from tuner.leaderboard.collect import row_key
+    from tuner.sweep.study import study_tags
+
+    cfg = parse_config({"name": "x", "tasks": ["synth/count"], "methods": ["spt_lora", "lora"],
+                        "search": {"fixed": {"spt_lora": {"allocation": "random"}}}})  # fmt: skip
+    spt, lora = sorted(plan(cfg), key=lambda s: s.method, reverse=True)
+    assert study_tags(cfg, spt)["variant"] == "allocation=random"
+    assert "variant" not in study_tags(cfg, lora)
+    assert row_key(study_tags(cfg, spt))[2] == "spt_lora (allocation=random)"
