@@ -35,18 +35,37 @@ def run_label(run: dict[str, Any]) -> str:
 
 
 def final_spec(
-    tracker: TrackingService, run: dict[str, Any], data_root: str | None = None
+    tracker: TrackingService,
+    run: dict[str, Any],
+    data_root: str | None = None,
+    shifts: bool = False,
 ) -> TrialSpec:
     """The ``TrialSpec`` a final run trained with, from its ``config.json``; ``data_root``
     replaces the stored one (a sweep's relative ``data`` means nothing elsewhere). Shift
-    sets are dropped: analyses read the test split only."""
+    sets are dropped unless ``shifts`` (most analyses read the test split only)."""
     try:
         config = tracker.load_dict(run["run_id"], CONFIG)
     except Exception as err:  # MLflow raises several types for a missing artifact
         raise AnalysisError(f"final {run_label(run)} has no stored {CONFIG}") from err
     known = {f.name for f in dataclasses.fields(TrialSpec)}
     spec = TrialSpec(**{k: v for k, v in config.items() if k in known})
-    return dataclasses.replace(spec, shifts={}, data_root=data_root or spec.data_root, threads=None)
+    return dataclasses.replace(
+        spec,
+        shifts=spec.shifts if shifts else {},
+        data_root=data_root or spec.data_root,
+        threads=None,
+    )
+
+
+def trainable_tensors(tracker: TrackingService, run: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """A final run's stored trainable tensors (``trainable.safetensors``)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = tracker.download(run["run_id"], TRAINABLE, Path(tmp))
+        except Exception as err:
+            raise AnalysisError(f"final {run_label(run)} has no stored {TRAINABLE}") from err
+        tensors, _ = read_trainable(path.read_bytes())
+    return tensors
 
 
 def model_input(spec: TrialSpec, x: torch.Tensor) -> torch.Tensor:
@@ -82,12 +101,7 @@ def load_final_model(
     from tuner.training.trainer import Trainer
 
     spec = final_spec(tracker, run, data_root)
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = tracker.download(run["run_id"], TRAINABLE, Path(tmp))
-        except Exception as err:
-            raise AnalysisError(f"final {run_label(run)} has no stored {TRAINABLE}") from err
-        tensors, _ = read_trainable(path.read_bytes())
+    tensors = trainable_tensors(tracker, run)
     try:
         trainer = Trainer(dataclasses.replace(spec, stage="final"), fetch=fetch_artifact)
     except (OSError, ValueError, KeyError) as err:

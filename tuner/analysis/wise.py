@@ -15,8 +15,6 @@ trade-off is visible either way. ``-o data_root=DIR`` replaces the stored data r
 
 from __future__ import annotations
 
-import dataclasses
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +28,11 @@ import torch
 from tuner import methods
 from tuner.analysis.figures import save_figure
 from tuner.analysis.interpolate import WeightPath
+from tuner.analysis.models import final_spec, run_label, trainable_tensors
 from tuner.analysis.run import AnalysisError, Output, analysis
 from tuner.backbones import create_backbone, input_spec
 from tuner.data import TaskData, load_task
 from tuner.leaderboard.collect import row_key
-from tuner.tracking.artifacts import read_trainable
 from tuner.tracking.client import TrackingService, fetch_artifact
 from tuner.training.spec import TrialSpec
 from tuner.training.trainer import Trainer
@@ -57,19 +55,12 @@ def parse_alphas(options: dict[str, str]) -> list[float]:
 
 
 def label(run: dict[str, Any]) -> str:
-    tags = run["tags"]
-    return f"final run {run['run_id']} ({tags.get('task')}, {tags.get('method')})"
+    return f"final {run_label(run)}"
 
 
 def run_spec(tracker: TrackingService, run: dict[str, Any], data_root: str | None) -> TrialSpec:
     """The run's ``TrialSpec`` (shift sets included), checked before anything is built."""
-    try:
-        config = tracker.load_dict(run["run_id"], "config.json")
-    except Exception as err:  # MLflow raises several types for a missing artifact
-        raise AnalysisError(f"{label(run)} has no stored config.json") from err
-    known = {f.name for f in dataclasses.fields(TrialSpec)}
-    spec = TrialSpec(**{k: v for k, v in config.items() if k in known})
-    spec = dataclasses.replace(spec, data_root=data_root or spec.data_root, threads=None)
+    spec = final_spec(tracker, run, data_root, shifts=True)
     if not spec.pretrained:
         raise AnalysisError(f"{label(run)} trained from scratch: no pretrained backbone")
     for name, path in spec.shifts.items():
@@ -116,12 +107,7 @@ class Rebuilder:
         self, tracker: TrackingService, run: dict[str, Any], spec: TrialSpec
     ) -> tuple[Trainer, WeightPath]:
         """(trainer holding model and data, its ``WeightPath``)."""
-        with tempfile.TemporaryDirectory() as tmp:
-            try:
-                file = tracker.download(run["run_id"], "trainable.safetensors", Path(tmp))
-            except Exception as err:
-                raise AnalysisError(f"{label(run)} has no stored trainable.safetensors") from err
-            tensors, _ = read_trainable(file.read_bytes())
+        tensors = trainable_tensors(tracker, run)
         data = self.task_data(spec)
         try:
             trainer = Trainer(spec, data, fetch=fetch_artifact)
