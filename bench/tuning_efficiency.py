@@ -61,6 +61,8 @@ def sweep_config(root: Path, arm: str, seed: int, args: argparse.Namespace, **ov
     }  # fmt: skip
     if args.quick:
         doc["search"]["fixed"] = {m: QUICK_FIXED[m] for m in doc["methods"]}
+    elif args.weight_decay is not None:  # a smaller grid: every arm at one weight decay
+        doc["search"]["fixed"] = {m: {"weight_decay": args.weight_decay} for m in doc["methods"]}
     return parse_config(doc)
 
 
@@ -146,6 +148,9 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: 2 tasks, lr grids, 2 epochs, 1 seed"
     )
+    parser.add_argument(
+        "--weight-decay", type=float, help="fix weight decay in every arm (halves the grid)"
+    )
     parser.add_argument("--keep", type=Path, help="keep the MLflow store and results here")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".json"))
     args = parser.parse_args()
@@ -192,6 +197,7 @@ def main() -> None:
     report = {
         "grid_sizes": sizes, "epochs": args.epochs, "grace": args.grace,
         "fraction": args.fraction, "seeds": args.seeds, "tasks": args.tasks,
+        "weight_decay": args.weight_decay,
         "methods": METHODS, "quick": args.quick, "arms": results, "per_study": per_study,
         "wall_s": {"grid": grid_s, **{n: w for n, (_, w) in arms.items()}},
         "machine": f"{platform.node()} ({os.cpu_count()} CPUs)",
