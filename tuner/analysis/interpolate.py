@@ -12,6 +12,11 @@ zero-shot head too; ours have none). Every trained tensor is one of three kinds:
 * a backbone tensor trained in place (full, BitFit, LayerNorm, DiffFit's biases):
   θ(α) = (1 − α)·θ₀ + α·θ with θ₀ its pretrained value.
 
+Prompts are the exception that scaling cannot interpolate: a block sees its prompt tokens
+only through its LayerNorm, which removes their scale, so for VPT every α > 0 gives the tuned
+model and only α = 0 (prompts skipped) the pretrained one (measured on the quickstart: val and
+test identical at α = 0.5 and 1). Their curve is a step, reported as such.
+
 A trained tensor that is none of these (an added module outside ``MergeScaled``, or one
 whose pretrained value is missing) cannot be interpolated: ``AnalysisError``.
 """
