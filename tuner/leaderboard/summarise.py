@@ -323,8 +323,7 @@ def wide_table(
 
 NOTE = (
     "Test accuracy (%) of the best validation config per (task, method), retrained on "
-    "train800val200, mean ± std over seeds (subsets T@n with several folds #k: mean ± std "
-    "over folds, each fold averaged over its seeds). mean (flat) = mean over tasks; mean (group) = "
+    "train800val200, mean ± std over seeds. mean (flat) = mean over tasks; mean (group) = "
     "mean of the Natural/Specialized/Structured group means. Bold = best on the task; "
     "underlined = tied with the best (paired bootstrap over test examples, 95%). "
     "Device-hours = trial wall time × devices per trial (GPUs, or CPU cores without GPUs); "
@@ -336,6 +335,11 @@ def notes(summary: pd.DataFrame, references: list[Reference] | None = None) -> s
     """``NOTE``, plus what rows mean when backbones or protocols differ and where each
     reference's numbers come from."""
     text = NOTE
+    if "folds" in summary and (summary["folds"] > 1).any():
+        text += (
+            " Subset columns with several folds (T@n#k): mean ± std over folds, each fold "
+            "averaged over its seeds."
+        )
     if shift_columns(summary):
         text += (
             " Columns 'TASK [shift NAME]': accuracy of the same final runs on that task's "
