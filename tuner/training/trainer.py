@@ -108,28 +108,33 @@ class Trainer:
         )
         # fused: one kernel for every parameter's update on a GPU (not implemented on CPU)
         self.optimizer = torch.optim.AdamW(groups, lr=lr, fused=self.device.type == "cuda")
+        self.scheduler, self.epoch_scheduler = self._schedules(lr)
+        self.last_lr = self.optimizer.param_groups[0]["lr"]
+        self.epoch = 0
+        self.diverged = False
+
+    def _schedules(self, lr: float) -> tuple[Any, CosineLRScheduler | None]:
+        """(the scheduler, the same one when it steps per epoch, else None)."""
+        spec = self.spec
         total = self.steps_per_epoch * spec.epochs
         warmup = min(total, round(spec.warmup_epochs * self.steps_per_epoch))
         start = None if spec.warmup_lr_init is None else min(1.0, spec.warmup_lr_init / lr)
         if spec.lr_schedule == "epoch":
             # The seed studies' schedule exactly: timm's CosineLRScheduler over epochs
             # (cosine over the whole run, warm-up included), stepped once per epoch.
-            self.scheduler = self.epoch_scheduler = CosineLRScheduler(
+            per_epoch = CosineLRScheduler(
                 self.optimizer,
                 t_initial=spec.epochs,
                 warmup_t=round(spec.warmup_epochs),
                 lr_min=spec.lr_min,
                 warmup_lr_init=lr if spec.warmup_lr_init is None else spec.warmup_lr_init,
             )
-        else:
-            self.epoch_scheduler = None
-            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-                self.optimizer,
-                warmup_cosine(total, max(1, warmup), start, min(1.0, spec.lr_min / lr)),
-            )
-        self.last_lr = self.optimizer.param_groups[0]["lr"]
-        self.epoch = 0
-        self.diverged = False
+            return per_epoch, per_epoch
+        per_step = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            warmup_cosine(total, max(1, warmup), start, min(1.0, spec.lr_min / lr)),
+        )
+        return per_step, None
 
     def _num_classes(self) -> int:
         from tuner.data.tasks import get_task
