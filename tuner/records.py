@@ -164,3 +164,10 @@ class FinalResult:
     report_files: dict[str, bytes] = field(default_factory=dict)
     report_metrics: dict[str, float] = field(default_factory=dict)
     final_hash: str = ""
+
+
+def variant_tag(fixed: dict[str, object]) -> dict[str, str]:
+    """The ``variant`` tag of a study's runs: its fixed options as ``k=v,...`` (none: no
+    tag). The leaderboard's ``row_key`` gives a variant its own row."""
+    text = ",".join(f"{k}={v}" for k, v in sorted(fixed.items()))
+    return {"variant": text} if text else {}

@@ -53,12 +53,6 @@ def row_key(tags: dict[str, str]) -> RowKey:
     )
 
 
-def variant_tag(fixed: dict[str, object]) -> dict[str, str]:
-    """The ``variant`` tag of a study's runs: its fixed options as ``k=v,...`` (none: no tag)."""
-    text = ",".join(f"{k}={v}" for k, v in sorted(fixed.items()))
-    return {"variant": text} if text else {}
-
-
 @dataclass
 class Records:
     """Final runs (one row per seed) and the per-example correctness behind them."""

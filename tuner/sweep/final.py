@@ -15,8 +15,7 @@ from typing import Any
 import ray
 
 from tuner.config import SweepConfig
-from tuner.leaderboard.collect import variant_tag
-from tuner.records import LOGGED, FinalResult, StudySummary
+from tuner.records import LOGGED, FinalResult, StudySummary, variant_tag
 from tuner.sweep.specs import trial_spec
 from tuner.sweep.study import protocol_hash
 from tuner.tracking.artifacts import environment_info, predictions_bytes, trainable_bytes

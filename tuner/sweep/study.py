@@ -23,8 +23,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from tuner import methods
 from tuner.backbones import resolve_backbone
 from tuner.config import SweepConfig
-from tuner.leaderboard.collect import variant_tag
-from tuner.records import METRIC, StudySummary, TrialRecord, first_line, trial_outcome
+from tuner.records import METRIC, StudySummary, TrialRecord, first_line, trial_outcome, variant_tag
 from tuner.sweep.callbacks import MLflowTrialCallback
 from tuner.sweep.checkpoints import CheckpointPolicy
 from tuner.sweep.plan import StudySpec
