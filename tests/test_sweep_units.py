@@ -9,9 +9,11 @@ from ray import tune
 from tuner.config import parse_config
 from tuner.records import TrialRecord, trial_outcome
 from tuner.sweep.checkpoints import CheckpointPolicy
+from tuner.sweep.multiplex import PREPARED, STUDY
 from tuner.sweep.plan import plan, stable_seed
 from tuner.sweep.searcher import HonestOptunaSearch
 from tuner.sweep.spaces import Domain, grid_points
+from tuner.sweep.specs import trial_spec
 from tuner.sweep.study import select_best, to_ray_space
 
 MAX_EPOCHS = 4
@@ -109,22 +111,27 @@ def test_ray_space_conversion_and_grid():
     assert len(grid_points(grid)) == 6
 
 
-def test_study_trainables_carry_their_own_spec_under_their_own_name(monkeypatch):
+def test_the_sweep_trainable_gives_each_trial_its_studys_spec_and_prepare_artifact(
+    monkeypatch,
+):
     import tuner.sweep.trainable
 
     seen = []
     monkeypatch.setattr(
         tuner.sweep.trainable,
         "tune_trainable",
-        lambda config, spec, policy: seen.append(spec),
+        lambda config, spec, policy: seen.append((config, spec.method, spec.prepared_uri)),
     )
-    policy = CheckpointPolicy()
-    a = tuner.sweep.trainable.study_trainable({"method": "lora"}, policy, "trial_s__a")
-    b = tuner.sweep.trainable.study_trainable({"method": "linear"}, policy, "trial_s__b")
-    assert a.__name__ != b.__name__
-    b({})
-    a({})
-    assert seen == [{"method": "linear"}, {"method": "lora"}]
+    cfg = parse_config({"name": "s", "tasks": ["synth/count"], "methods": ["lora", "linear"]})
+    specs = {
+        f"synth/count:{m}": trial_spec(cfg, "synth/count", m, {}, "tune", 0)
+        for m in ("lora", "linear")
+    }
+    run = tuner.sweep.trainable.sweep_trainable(specs, CheckpointPolicy(), "trial_s")
+    assert run.__name__ == "trial_s"
+    run({"lr": 0.1, STUDY: "synth/count:linear", PREPARED: None})
+    run({"lr": 0.2, STUDY: "synth/count:lora", PREPARED: "file:///x.safetensors"})
+    assert seen == [({"lr": 0.1}, "linear", None), ({"lr": 0.2}, "lora", "file:///x.safetensors")]
 
 
 def test_checkpoints_follow_the_time_and_epoch_rules_and_never_end_a_trial():

@@ -35,7 +35,7 @@ def test_busy_and_in_epoch_fractions_count_only_this_sweeps_trials_and_finals(tm
     assert use["busy_fraction"] == pytest.approx(80 / 100)
     assert use["in_epoch_fraction"] == pytest.approx(61 / 100)
     assert use["checkpoint_slot_s"] == pytest.approx(5 * 0.5)
-    # the study's first trial started 0 s after it; its setup before Tuner.fit took 1.5 s
+    # the study's first trial started 0 s after it; opening the study took 1.5 s
     assert use["study_wait_median_s"] == 0.0 and use["study_setup_median_s"] == 1.5
 
 

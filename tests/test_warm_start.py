@@ -38,22 +38,21 @@ def test_points_are_the_best_other_tasks_choices_inside_the_space():
     assert warm_points(studies, "synth/here", SPACE, top=1) == points[:1]
 
 
-def test_a_later_sweep_starts_from_the_earlier_tasks_best(tmp_path):
-    """Sweep one task, then another with warm_start: its first trial is the first study's
-    chosen configuration, tagged with where it came from."""
-    base = {
+def test_a_later_study_starts_from_an_earlier_tasks_best(tmp_path):
+    """One sweep, two tasks, one study open at a time, warm_start on: the second study's
+    first trial is the first study's chosen configuration, tagged with where it came from
+    (the first study, finished earlier in the same sweep, had nothing to start from)."""
+    first = parse_config({
         "name": "warm", "methods": ["lora"], "data_root": str(tmp_path / "data"),
         "out_dir": str(tmp_path / "out"), "final": {"seeds": 1},
+        "tasks": ["synth/count", "synth/textures"], "search": {"warm_start": True},
         "tune": {"num_samples": 2, "max_epochs": 1, "grace_period": 1,
                  "max_concurrent_trials": 1},
-        "ray": {"num_cpus": 2},
-    }  # fmt: skip
-    first = parse_config({**base, "tasks": ["synth/count"]})
-    second = parse_config({**base, "tasks": ["synth/textures"], "search": {"warm_start": True}})
+        "ray": {"num_cpus": 2}, "resources": {"max_concurrent_studies": 1},
+    })  # fmt: skip
     try:
-        for cfg in (first, second):
-            with open(tmp_path / "console.txt", "a") as log:
-                run_pipeline(cfg, Console(file=log, width=200), live=False)
+        with open(tmp_path / "console.txt", "a") as log:
+            run_pipeline(first, Console(file=log, width=200), live=False)
     finally:
         ray.shutdown()
     tracker = TrackingService(first.tracking_uri, first.experiment, create=False)
@@ -73,3 +72,4 @@ def test_a_later_sweep_starts_from_the_earlier_tasks_best(tmp_path):
     assert parent["params"]["search.warm_start_points"] == "1"
     cold = [r for r in tracker.find({"study": "synth/count:lora"}) if PARENT_RUN_TAG in r["tags"]]
     assert not [r for r in cold if WARM_TAG in r["tags"]]
+    assert source["params"]["search.warm_start_points"] == "0"

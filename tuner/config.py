@@ -118,7 +118,7 @@ class ResourceSettings(_Strict):
     cpus_per_trial: float = Field(1, gt=0)
     gpus_per_trial: float = Field(0, ge=0, description="fractions share one GPU, e.g. 0.25")
     max_concurrent_studies: int | None = Field(
-        None, ge=1, description="default: enough studies to fill every CPU slot"
+        None, ge=1, description="studies open at once; default: enough to fill every slot, plus one"
     )
 
 

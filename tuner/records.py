@@ -110,7 +110,7 @@ class StudySummary:
     prepared_uri: str | None = None
     #: Why the study has no result (empty when it has one)
     error: str = ""
-    #: Seconds from the study task's start to ``Tuner.fit`` (MLflow run, search, prepare)
+    #: Seconds to open the study (MLflow run, warm start, searcher, prepare pass)
     setup_s: float = 0.0
 
     def counts(self) -> dict[str, int]:

@@ -1,19 +1,20 @@
-"""Plan → Ray Tune studies (Optuna TPE + ASHA) → final retrains, scheduled on one cluster.
+"""Plan → one shared Ray Tune run (a TPE searcher and ASHA per study) → final retrains.
 
-Studies run as Ray tasks, several at once, so the cluster stays busy while a study's last
-trial finishes; a study's final retrains start as soon as that study is done. The driver
-keeps the bookkeeping in one ``SweepRun``; the tracker and progress actors are named so that
-callbacks (and restored callbacks after ``--resume``) find them.
+Every study tunes in one Ray Tune run (``tuner.sweep.shared_run``), run as one Ray task on
+the driver's node; a study's final retrains start as soon as its end is posted to the
+progress board, while later studies tune. The driver keeps the bookkeeping in one
+``SweepRun``; the tracker and progress actors are named so that callbacks (and restored
+callbacks after ``--resume``) find them.
 
 Resumable: a study or final run whose content hash already finished in MLflow is not run
-again, so a crashed sweep restarts where it stopped.
+again, and the shared run continues from its saved state, so a crashed sweep restarts where
+it stopped.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -32,7 +33,8 @@ from tuner.sweep.callbacks import actor_name
 from tuner.sweep.final import final_hash, log_final, run_final
 from tuner.sweep.plan import StudySpec, check_backbone, planned_studies, prepare_data
 from tuner.sweep.progress import ProgressBoard
-from tuner.sweep.study import run_study, study_tags
+from tuner.sweep.shared_run import run_shared
+from tuner.sweep.study import study_tags
 from tuner.sweep.utilisation import slots
 from tuner.tracking.buffered import BufferedTracker
 from tuner.tracking.client import check_access
@@ -96,15 +98,6 @@ def loopback_only() -> Iterator[None]:
         ray_constants.ENABLE_RAY_CLUSTER = before
 
 
-def concurrent_studies(cfg: SweepConfig) -> int:
-    """Enough studies to fill every trial slot, plus one to cover a study's tail."""
-    if cfg.resources.max_concurrent_studies:
-        return cfg.resources.max_concurrent_studies
-    cpus = ray.cluster_resources().get("CPU", 1)
-    slots = max(1, int(cpus // cfg.resources.cpus_per_trial))
-    return max(1, math.ceil(slots / cfg.tune.max_concurrent_trials)) + 1
-
-
 def finished_study(tracker: Any, study: StudySpec, resume: bool = False) -> StudySummary | None:
     """The summary of an identical study already finished in MLflow, if any."""
     runs = ray.get(tracker.find.remote({"study_hash": study.hash, "stage": "tune"}))
@@ -157,14 +150,16 @@ class SweepRun:
             .options(name=actor_name(cfg.name, "board"), scheduling_strategy=here)
             .remote([s.key for s in studies], cfg.tune.num_samples)
         )
-        self.study_task = ray.remote(num_cpus=0, max_retries=0)(run_study).options(
+        self.tune_task = ray.remote(num_cpus=0, max_retries=0)(run_shared).options(
             scheduling_strategy=here
         )
         self.final_task = ray.remote(max_retries=1)(run_final).options(
             num_cpus=cfg.resources.cpus_per_trial, num_gpus=cfg.resources.gpus_per_trial
         )
         self.queue: list[StudySpec] = []
-        self.running: dict[Any, StudySpec] = {}
+        #: the shared Ray Tune run while it runs, and the studies it still owes an end
+        self.tuning: Any = None
+        self.owed: dict[str, StudySpec] = {}
         self.finals: dict[Any, tuple[str, str]] = {}
         self.result = SweepResult()
         for study in studies:
@@ -194,13 +189,12 @@ class SweepRun:
         status = ("cached" if cached else "final") if pending else "done"
         self.board.update.remote(summary.study, status=status)
 
-    def study_failed(self, study: StudySpec, error: BaseException) -> None:
-        """A study whose task raised: FAILED in MLflow with its error, its leftover runs
-        ended as lost, the other studies unaffected."""
-        reason = first_line(error)
+    def study_failed(self, study: StudySpec, reason: str, detail: str) -> None:
+        """A study that could not start (or whose run ended without it): FAILED in MLflow
+        with its error, its leftover runs ended as lost, the other studies unaffected."""
         self.result.failed[study.key] = reason
         tags = {**study_tags(self.cfg, study), "study_hash": study.hash}
-        ray.get(self.tracker.fail_run.remote(study.key, study.key, tags, reason, str(error)))
+        ray.get(self.tracker.fail_run.remote(study.key, study.key, tags, reason, detail))
         ray.get(self.tracker.mark_stale.remote({"study": study.key, "sweep": self.cfg.name}))
         self.board.update.remote(study.key, status="failed")
 
@@ -221,24 +215,45 @@ class SweepRun:
             study_key, final=sum(seeds) / len(seeds), status="final" if left else "done"
         )
 
-    def step(self, limit: int) -> None:
-        """Start queued studies up to ``limit``, then handle one finished task."""
-        while self.queue and len(self.running) < limit:
-            study = self.queue.pop(0)
-            ref = self.study_task.remote(self.cfg, study, self.tracker, self.board, self.resume)
-            self.running[ref] = study
-        ready, _ = ray.wait(list(self.running) + list(self.finals), num_returns=1, timeout=0.5)
+    def step(self) -> None:
+        """Start the shared run once, take the studies it ended, handle one finished task."""
+        if self.queue:
+            self.owed = {study.key: study for study in self.queue}
+            self.tuning = self.tune_task.remote(self.cfg, self.queue, self.resume)
+            self.queue = []
+        self.take_posts()
+        pending = ([self.tuning] if self.tuning is not None else []) + list(self.finals)
+        ready, _ = ray.wait(pending, num_returns=1, timeout=0.5)
         for ref in ready:
-            if ref in self.running:
-                study = self.running.pop(ref)
-                try:
-                    summary = ray.get(ref)
-                except Exception as err:  # one study's failure must not end the sweep
-                    self.study_failed(study, err)
-                    continue
-                self.study_done(summary, cached=False)
-            else:
+            if ref is not self.tuning:
                 self.final_done(ref)
+                continue
+            self.tuning = None
+            try:
+                leftovers = ray.get(ref)
+            except Exception as err:  # the shared run itself failed: its open studies too
+                leftovers, reason = [], f"the tuning run failed: {first_line(err)}"
+            else:
+                reason = "the tuning run ended before this study started"
+            self.take_posts()
+            for data in leftovers:
+                self.posted_done(data)
+            for study in list(self.owed.values()):
+                self.owed.pop(study.key)
+                self.study_failed(study, reason, reason)
+
+    def take_posts(self) -> None:
+        """Studies the shared run ended (done or failed to start) since the last look."""
+        for kind, payload in ray.get(self.board.take.remote()):
+            if kind == "done":
+                self.posted_done(payload)
+            elif payload[0] in self.owed:
+                key, reason, detail = payload
+                self.study_failed(self.owed.pop(key), reason, detail)
+
+    def posted_done(self, data: dict[str, Any]) -> None:
+        if self.owed.pop(data["study"], None) is not None:
+            self.study_done(StudySummary.from_json(data), cached=False)
 
     def watch_tracking(self) -> None:
         """Say once when MLflow goes away and once when it is back (checked every 5 s).
@@ -259,7 +274,7 @@ class SweepRun:
 
     @property
     def busy(self) -> bool:
-        return bool(self.queue or self.running or self.finals)
+        return bool(self.queue or self.tuning is not None or self.finals)
 
     def snapshot(self) -> dict[str, Any]:
         return ray.get(self.board.snapshot.remote())
@@ -298,9 +313,8 @@ def run_sweep(
     started = time.time()
     sweep = SweepRun(cfg, planned_studies(cfg, datasets), datasets, resume)
     sweep.notify = notify  # one-line warnings for the user (MLflow down / back)
-    limit = concurrent_studies(cfg)
     while sweep.busy:
-        sweep.step(limit)
+        sweep.step()
         sweep.watch_tracking()
         if on_tick is not None:
             on_tick(sweep.snapshot())

@@ -1,7 +1,9 @@
 """Live progress of a sweep: a small state board and its rich rendering.
 
 The board is plain Python; the sweep runs it as a Ray actor that trial callbacks update
-and the driver polls, so the display works the same on one machine or a cluster.
+and the driver polls, so the display works the same on one machine or a cluster. It is
+also the shared run's mailbox to the driver: finished studies and studies that failed to
+start are posted here, and the driver takes them to start final retrains.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ class ProgressBoard:
     def __init__(self, studies: list[str], num_samples: int) -> None:
         self.start = time.time()
         self.num_samples = num_samples
+        self.mailbox: list[tuple[str, Any]] = []
+        self.posted_keys: set[str] = set()
         self.rows: dict[str, dict[str, Any]] = {
             s: {
                 "status": "queued",
@@ -49,6 +53,20 @@ class ProgressBoard:
             row["early"] += 1
         elif outcome == "diverged":
             row["diverged"] += 1
+
+    def post(self, kind: str, payload: Any) -> None:
+        """A message for the driver (``done``: a study's summary; ``failed``: a study that
+        could not start), taken with ``take``."""
+        self.mailbox.append((kind, payload))
+        self.posted_keys.add(payload["study"] if kind == "done" else payload[0])
+
+    def posted(self) -> list[str]:
+        """Studies whose end (done or failed) was ever posted."""
+        return sorted(self.posted_keys)
+
+    def take(self) -> list[tuple[str, Any]]:
+        taken, self.mailbox = self.mailbox, []
+        return taken
 
     def snapshot(self) -> dict[str, Any]:
         return {"elapsed": time.time() - self.start, "rows": self.rows, "n": self.num_samples}

@@ -56,15 +56,3 @@ def tpe_searcher(
         max_epochs=max_epochs,
         points_to_evaluate=first or None,
     )
-
-
-def restored_searcher(tuner: Any, fallback: HonestOptunaSearch | None) -> Any:
-    """The searcher a restored Tuner carries (its Optuna study holds every earlier trial).
-
-    Ray keeps it in the Tuner's tune config and may wrap it in a concurrency limiter; if
-    that layout ever changes, the fresh searcher is returned (its state counts are empty).
-    """
-    local = getattr(tuner, "_local_tuner", None)
-    alg = getattr(getattr(local, "_tune_config", None), "search_alg", None)
-    alg = getattr(alg, "searcher", alg)
-    return alg if isinstance(alg, HonestOptunaSearch) else fallback

@@ -1,36 +1,30 @@
-"""One study: a Ray Tune ``Tuner`` for one (task, method), with TPE and ASHA.
+"""One study, (task, method): its tags, how it opens, how its trials become a summary.
 
 Each (task, method) is its own study with its own equal budget, its own seeded TPE sampler
-and its own ASHA brackets. ``run_study`` runs inside a Ray task on the driver's node; its
-``StudySummary`` goes back to the orchestrator. Two traps are handled here:
-
-* Ray lets a non-random searcher keep one trial pending unless ``max_concurrent_trials``
-  is set, so it always is.
-* A method with a ``prepare`` pass (SPT's sensitivity) gets it once per study, before any
-  trial, on a trial-sized slot; every trial and final run then reuses its artifact.
+(or grid) and its own ASHA brackets, though every study of a sweep runs in one shared Ray
+Tune run (``tuner.sweep.shared_run``). ``open_study`` starts the study when its first trial
+is due: its MLflow run, warm-start points, searcher, and, for a method with a ``prepare``
+pass (SPT's sensitivity), that pass once, on a trial-sized slot; every trial and final run
+then reuses its artifact. ``close_study`` turns its finished trials into a ``StudySummary``.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 import ray
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from tuner import methods
 from tuner.backbones import resolve_backbone
 from tuner.config import SweepConfig
 from tuner.records import METRIC, StudySummary, TrialRecord, first_line, trial_outcome, variant_tag
-from tuner.sweep.callbacks import MLflowTrialCallback
-from tuner.sweep.checkpoints import CheckpointPolicy
+from tuner.sweep.multiplex import Opened, split_config
 from tuner.sweep.plan import StudySpec
-from tuner.sweep.searcher import restored_searcher, tpe_searcher
-from tuner.sweep.spaces import Domain
+from tuner.sweep.searcher import tpe_searcher
+from tuner.sweep.spaces import Domain, grid_points
 from tuner.sweep.specs import trial_spec
-from tuner.sweep.trainable import study_trainable
 from tuner.sweep.warm_start import warm_points
 from tuner.training.spec import TrialSpec
 from tuner.util import content_hash
@@ -134,75 +128,107 @@ def prepare_study(cfg: SweepConfig, spec: TrialSpec, tracker: Any, key: str) -> 
     return ray.get(tracker.artifact_uri.remote(key, f"{kind}/{filename}"))
 
 
-def _new_tuner(
-    cfg: SweepConfig,
-    study: StudySpec,
-    trainable: Any,
-    space: dict,
-    searcher: Any,
-    warm: list[tuple[dict[str, Any], str]] | None = None,
-) -> tune.Tuner:
-    grid = searcher is None
-    callback = MLflowTrialCallback(
-        cfg.name,
-        study.key,
-        study.fixed,
-        study_tags(cfg, study),
-        cfg.tune.max_epochs,
-        cfg.devices_per_trial,
-        warm,
-    )
-    return tune.Tuner(
-        trainable,
-        param_space=space,
-        tune_config=tune.TuneConfig(
-            search_alg=searcher,
-            scheduler=ASHAScheduler(
-                time_attr="training_iteration",
-                metric=METRIC,
-                mode="max",
-                max_t=cfg.tune.max_epochs,
-                grace_period=cfg.tune.grace_period,
-                reduction_factor=cfg.tune.reduction_factor,
-            )
-            if cfg.tune.early_stopping
-            else FIFOScheduler(),
-            num_samples=1 if grid else cfg.tune.num_samples,
-            max_concurrent_trials=cfg.tune.max_concurrent_trials,
-            reuse_actors=True,
-        ),
-        run_config=tune.RunConfig(
-            name=f"{cfg.name}__{study.dirname}",
-            storage_path=cfg.storage_path,
-            callbacks=[callback],
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            # a trial on a lost node restarts from its last checkpoint on a surviving one
-            failure_config=tune.FailureConfig(max_failures=3),
-            verbose=0,
-        ),
-    )
+def searched_space(study: StudySpec) -> dict[str, Domain]:
+    """The study's space less its fixed options (those are the same in every trial)."""
+    return {k: v for k, v in study.space.items() if k not in study.fixed}
 
 
-def _trial_records(results: Any, study: StudySpec, max_epochs: int) -> list[TrialRecord]:
+def study_total(cfg: SweepConfig, study: StudySpec) -> int:
+    """Trials in the study: every grid point, or the sweep's ``num_samples`` for TPE."""
+    if cfg.search.space == "published_grid":
+        return len(grid_points(searched_space(study)))
+    return cfg.tune.num_samples
+
+
+def open_study(
+    cfg: SweepConfig, study: StudySpec, tracker: Any, board: Any, resume: bool = False
+) -> Opened:
+    """Start the study: its MLflow run, its searcher (warm-started on request) or grid, and
+    its prepare pass. Raises if any of it fails (the sweep then marks the study FAILED)."""
+    grid = cfg.search.space == "published_grid"
+    params = {
+        "search.space": cfg.search.space,
+        "search.num_samples": cfg.tune.num_samples,
+        "search.seed": study.seed,
+        **{f"fixed.{k}": v for k, v in study.fixed.items()},
+    }
+    tags = {**study_tags(cfg, study), "study_hash": study.hash}
+    ray.get(tracker.start_run.remote(study.key, study.key, tags, params=params))
+    if resume:
+        ray.get(tracker.set_tags.remote(study.key, {"resumed": "true"}))
+    tracker.log_dataset.remote(study.key, study.dataset, "tune")
+    board.update.remote(study.key, status="tuning")
+    searched = searched_space(study)
+    opened = Opened()
+    if grid:
+        opened.grid = grid_points(searched)
+    else:
+        if cfg.search.warm_start:
+            earlier = ray.get(tracker.find.remote({"stage": "tune", "method": study.method}))
+            opened.warm = warm_points(earlier, study.task, searched, cfg.search.warm_start_top)
+            count = {"search.warm_start_points": len(opened.warm)}
+            ray.get(tracker.log_params.remote(study.key, count))
+        first = [p for p, _ in opened.warm]
+        opened.searcher = tpe_searcher(study.seed, cfg.tune.max_epochs, first)
+        opened.searcher.set_search_properties(METRIC, "max", to_ray_space(searched, False))
+    if methods.method_class(study.method).needs_prepare():
+        spec = trial_spec(cfg, study.task, study.method, dict(study.fixed), "tune", cfg.seed)
+        opened.prepared_uri = prepare_study(cfg, spec, tracker, study.key)
+    return opened
+
+
+def trial_records(
+    rows: list[tuple[str, dict[str, Any], dict[str, Any], str]], max_epochs: int, fixed: dict
+) -> list[TrialRecord]:
+    """Records of a study's trials from (trial id, config, last result, error) rows."""
     records = []
-    for index, res in enumerate(results):
-        last = res.metrics or {}
+    for index, (trial_id, config, last, error) in enumerate(rows):
+        last = last or {}
         records.append(
             TrialRecord(
                 index=index,
-                trial_id=last.get("trial_id", str(index)),
-                config={**study.fixed, **(res.config or {})},
+                trial_id=trial_id,
+                config={**fixed, **split_config(config)[2]},
                 epochs=int(last.get("training_iteration", 0)),
                 val_acc=float(last.get(METRIC, 0.0)),
                 trainable_params=int(last.get("trainable_params", 0)),
-                outcome="error" if res.error else trial_outcome(last, max_epochs),
-                error=first_line(res.error),
+                outcome="error" if error else trial_outcome(last, max_epochs),
+                error=first_line(error) if error else "",
             )
         )
     return records
 
 
-def _close_study_run(tracker: Any, key: str, summary: StudySummary) -> None:
+def close_study(
+    cfg: SweepConfig,
+    study: StudySpec,
+    tracker: Any,
+    trials: list[TrialRecord],
+    times: tuple[float, float],
+    optuna_states: dict[str, int],
+    prepared_uri: str | None,
+) -> StudySummary:
+    """The study's summary (best trial by final-epoch val accuracy), logged and ended in
+    MLflow. ``times``: (setup seconds, tuning wall seconds)."""
+    best = select_best(trials, cfg.tune.max_epochs)
+    summary = StudySummary(
+        study=study.key,
+        task=study.task,
+        method=study.method,
+        trials=trials,
+        best=best,
+        wall_s=times[1],
+        study_hash=study.hash,
+        optuna_states=optuna_states,
+        prepared_uri=prepared_uri,
+        error="" if best else no_result_reason(trials),
+        setup_s=times[0],
+    )
+    _log_summary(tracker, study.key, summary)
+    return summary
+
+
+def _log_summary(tracker: Any, key: str, summary: StudySummary) -> None:
     best = summary.best
     metrics = {
         **{f"trials_{k}": v for k, v in summary.counts().items()},
@@ -221,76 +247,3 @@ def _close_study_run(tracker: Any, key: str, summary: StudySummary) -> None:
         ray.get(tracker.log_params.remote(key, {"best": best.config}))
     ray.get(tracker.log_dict.remote(key, summary.to_json(), "summary.json"))
     ray.get(tracker.end_run.remote(key, "FINISHED" if best else "FAILED", end_tags))
-
-
-def run_study(
-    cfg: SweepConfig, study: StudySpec, tracker: Any, board: Any, resume: bool = False
-) -> StudySummary:
-    """One Ray Tune ``Tuner.fit`` for one (task, method): runs inside a Ray task.
-
-    ``resume``: continue the study's interrupted Ray Tune experiment (``Tuner.restore``)
-    instead of starting a new one, when its state is in ``storage_path``.
-    """
-    entered = time.time()
-    grid = cfg.search.space == "published_grid"
-    params = {
-        "search.space": cfg.search.space,
-        "search.num_samples": cfg.tune.num_samples,
-        "search.seed": study.seed,
-        **{f"fixed.{k}": v for k, v in study.fixed.items()},
-    }
-    tags = {**study_tags(cfg, study), "study_hash": study.hash}
-    ray.get(tracker.start_run.remote(study.key, study.key, tags, params=params))
-    tracker.log_dataset.remote(study.key, study.dataset, "tune")
-    board.update.remote(study.key, status="tuning")
-    searched = {k: v for k, v in study.space.items() if k not in study.fixed}
-    space = to_ray_space(searched, grid)
-    warm = []
-    if cfg.search.warm_start and not grid:
-        earlier = ray.get(tracker.find.remote({"stage": "tune", "method": study.method}))
-        warm = warm_points(earlier, study.task, searched, cfg.search.warm_start_top)
-        ray.get(tracker.log_params.remote(study.key, {"search.warm_start_points": len(warm)}))
-    searcher = None if grid else tpe_searcher(study.seed, cfg.tune.max_epochs, [p for p, _ in warm])
-    spec = trial_spec(cfg, study.task, study.method, dict(study.fixed), "tune", cfg.seed)
-    if methods.method_class(study.method).needs_prepare():
-        spec.prepared_uri = prepare_study(cfg, spec, tracker, study.key)
-    trainable = tune.with_resources(
-        study_trainable(
-            spec,
-            CheckpointPolicy(cfg.tune.checkpoint_every, cfg.tune.checkpoint_interval_s),
-            f"trial_{cfg.name}__{study.dirname}",
-        ),
-        {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial},
-    )
-    experiment = f"{cfg.storage_path.rstrip('/')}/{cfg.name}__{study.dirname}"
-    if resume and tune.Tuner.can_restore(experiment):
-        # Finished trials stay finished; unfinished and errored ones continue from their
-        # last checkpoint; the searcher and ASHA come back with their state.
-        tuner = tune.Tuner.restore(
-            experiment, trainable, resume_unfinished=True, resume_errored=True, param_space=space
-        )
-        ray.get(tracker.set_tags.remote(study.key, {"resumed": "true"}))
-        searcher = restored_searcher(tuner, searcher)
-    else:
-        tuner = _new_tuner(cfg, study, trainable, space, searcher, warm)
-    started = time.time()
-    trials = _trial_records(tuner.fit(), study, cfg.tune.max_epochs)
-    if resume:
-        ray.get(tracker.end_lost_trials.remote(study.key, {t.trial_id for t in trials}))
-    best = select_best(trials, cfg.tune.max_epochs)
-    summary = StudySummary(
-        study=study.key,
-        task=study.task,
-        method=study.method,
-        trials=trials,
-        best=best,
-        wall_s=time.time() - started,
-        study_hash=study.hash,
-        optuna_states=searcher.trial_states() if searcher else {},
-        prepared_uri=spec.prepared_uri,
-        error="" if best else no_result_reason(trials),
-        setup_s=started - entered,
-    )
-    _close_study_run(tracker, study.key, summary)
-    board.update.remote(study.key, status="final" if summary.best else "no result")
-    return summary

@@ -8,6 +8,7 @@ where it stopped; when to write one is ``tuner.sweep.checkpoints``' call.
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ import ray
 from ray import tune
 
 from tuner.sweep.checkpoints import CheckpointPolicy
+from tuner.sweep.multiplex import PREPARED, split_config
 from tuner.tracking.client import fetch_artifact
 from tuner.training.spec import TrialSpec
 from tuner.training.trainer import Trainer
@@ -56,19 +58,22 @@ def tune_trainable(
         since = time.monotonic()
 
 
-def study_trainable(
-    spec: TrialSpec, policy: CheckpointPolicy, name: str
+def sweep_trainable(
+    specs: dict[str, TrialSpec], policy: CheckpointPolicy, name: str
 ) -> Callable[[dict[str, Any]], None]:
-    """``tune_trainable`` bound to one study's fixed spec, under a name unique to the study.
+    """``tune_trainable`` for every study of a sweep: the trial's ``STUDY`` key picks its
+    study's fixed spec, ``PREPARED`` the study's prepare artifact.
 
     Not ``tune.with_parameters``: it registers every wrapper as ``tune_trainable`` and keys
-    the parameters by the function's repr, which is identical in every worker process, so
-    studies tuned concurrently in one Ray job could read each other's spec (a lora trial
-    built as ``linear``). A closure registered under its own name cannot mix.
+    the parameters by the function's repr, identical in every worker process, so two sweeps
+    in one Ray job could read each other's specs. A closure under the sweep's own name
+    cannot mix.
     """
 
     def trainable(config: dict[str, Any]) -> None:
-        tune_trainable(config, spec=spec, policy=policy)
+        key, meta, hp = split_config(config)
+        spec = dataclasses.replace(specs[key], prepared_uri=meta.get(PREPARED))
+        tune_trainable(hp, spec=spec, policy=policy)
 
     trainable.__name__ = trainable.__qualname__ = name
     return trainable

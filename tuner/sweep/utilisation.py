@@ -4,13 +4,13 @@ A sweep pays for ``slots × wall`` slot-seconds (slots: how many trials fit at o
 busy slot-seconds are the wall time of every trial and final run it started (their MLflow
 runs carry true start and end times); the part inside epochs is the sum of their per-epoch
 ``epoch_time_s`` (training) and ``eval_time_s`` (the validation pass ASHA needs each epoch).
-What is missing from 1.0 is scheduling (Tuner start-up, actor start,
-queueing, reporting); what is missing between busy and in-epoch is a run's own set-up and
-evaluation. Only runs that started during this sweep count (reused studies cost nothing).
+What is missing from 1.0 is scheduling (Ray Tune's start-up, actor starts,
+idle slots at the end, reporting); what is missing between busy and in-epoch is a run's own
+set-up. Only runs that started during this sweep count (reused studies cost nothing).
 
 Where a study's start-up goes is reported too: the wait from its parent run's start to its
-first trial's start, and the part of it before ``Tuner.fit`` (``setup_s``: MLflow run,
-search space, prepare pass); the rest is Ray Tune's start-up and the trial actor's start.
+first trial's start, and the part of it spent opening the study (``setup_s``: MLflow run,
+warm start, searcher, prepare pass); the rest is waiting for a slot.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def slot_utilisation(
         "busy_fraction": round(busy / capacity, 4) if capacity else 0.0,
         "in_epoch_fraction": round(in_epochs / capacity, 4) if capacity else 0.0,
         "checkpoint_slot_s": round(checkpoints, 2),
-        # a study's parent run start → its first trial's start; the part before Tuner.fit
+        # a study's parent run start → its first trial's start; the part spent opening it
         "study_wait_median_s": round(statistics.median(waits), 2) if waits else 0.0,
         "study_wait_max_s": round(max(waits), 2) if waits else 0.0,
         "study_setup_median_s": round(statistics.median(setups), 2) if setups else 0.0,

@@ -5,8 +5,9 @@ first random trials spread. With ``search.warm_start: true`` a study asks MLflow
 finished studies of the same method on *other* tasks in the experiment, takes the chosen
 configurations of the best ``search.warm_start_top`` of them (by their best val accuracy),
 and hands them to Optuna as its first trials (``points_to_evaluate``, i.e.
-``enqueue_trial``). Their trial runs carry ``warm_start=<source task>``. Studies that run at
-the same time do not see each other, so the gain comes to later studies and later sweeps.
+``enqueue_trial``). Their trial runs carry ``warm_start=<source task>``. A study asks when
+it opens (just before its first trial), so it sees the studies finished earlier in the same
+sweep as well as earlier sweeps; studies open at the same time do not see each other.
 """
 
 from __future__ import annotations
