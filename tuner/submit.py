@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from tuner.config import load_config
-from tuner.sweep import warm_workers
 
 #: Never uploaded with ``--working-dir`` (environments, data, results, caches, VCS).
 EXCLUDES = [
@@ -111,7 +110,6 @@ def submit(
         runtime_env: dict[str, Any] = {
             "working_dir": str(folder),
             "excludes": EXCLUDES,
-            **warm_workers.runtime_env(),  # trial workers import torch while idle
         }
         if env:
             runtime_env["env_vars"] = dict(env)

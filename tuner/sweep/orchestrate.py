@@ -28,7 +28,6 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from tuner.config import SweepConfig
 from tuner.records import PARENT_RUN_TAG, FinalResult, StudySummary, first_line
-from tuner.sweep import warm_workers
 from tuner.sweep.callbacks import actor_name
 from tuner.sweep.final import final_hash, log_final, run_final
 from tuner.sweep.plan import StudySpec, check_backbone, planned_studies, prepare_data
@@ -77,7 +76,6 @@ def init_ray(cfg: SweepConfig) -> None:
                 num_cpus=cfg.ray.num_cpus,
                 include_dashboard=False,
                 log_to_driver=False,
-                runtime_env=warm_workers.runtime_env(),
             )
 
 
