@@ -9,7 +9,10 @@ protocol (epochs, schedule, batch) for every arm:
   search seed in ``--seeds`` (the sweep's seed: sampler, trial and final training seeds);
 * **warm**: the same TPE + ASHA with ``search.warm_start: true``, in the experiment of the
   first ``tpe`` seed, so each study starts from the same method's choices on the *other*
-  tasks there.
+  tasks there;
+* **tpe_grid**: the same TPE + ASHA budget over the published grid's *values*
+  (``search.sampler: tpe`` with ``space: published_grid``), first seed: the study's curated
+  values with a fraction of the grid's trials.
 
 Per study: trial-epochs used, best validation accuracy (final epoch, as the sweep chooses)
 and the trial-epochs spent until the chosen trial finished, the final test accuracy of the
@@ -116,6 +119,28 @@ def run_arm(cfg: SweepConfig) -> tuple[dict[str, Any], float]:
     return study_rows(result), time.perf_counter() - start
 
 
+def tpe_arm(
+    root: Path,
+    args: argparse.Namespace,
+    per_method: dict[str, int],
+    seed: int,
+    exp: str,
+    search: dict[str, Any],
+    name: str | None = None,
+) -> tuple[dict[str, Any], float]:
+    """TPE + ASHA with ``per_method`` trials per study (one sweep per method, since
+    ``num_samples`` differs by method), logged to experiment ``exp``."""
+    rows, wall = {}, 0.0
+    for method, samples in per_method.items():
+        cfg = sweep_config(root, f"{name or exp}_{method}", seed, args, exp=exp,
+                           search=dict(search), tune={"num_samples": samples},
+                           methods=[method])  # fmt: skip
+        part, seconds = run_arm(cfg)
+        rows.update(part)
+        wall += seconds
+    return rows, wall
+
+
 def summary(name: str, grid: dict, arm: dict, cmp: dict) -> dict[str, Any]:
     grid_epochs = sum(r["trial_epochs"] for r in grid.values())
     arm_epochs = sum(r["trial_epochs"] for r in arm.values())
@@ -163,27 +188,15 @@ def main() -> None:
                                 tune={"early_stopping": False})  # fmt: skip
         sizes = grid_sizes(grid_cfg)
         grid, grid_s = run_arm(grid_cfg)
+        per_method = {m: max(1, round(n * args.fraction)) for m, n in sizes.items()}
         arms: dict[str, tuple[dict, float]] = {}
         for seed in args.seeds:
-            per_method = {m: max(1, round(n * args.fraction)) for m, n in sizes.items()}
-            rows, wall = {}, 0.0
-            for method, samples in per_method.items():  # num_samples differs by method
-                cfg = sweep_config(root, f"tpe_{method}", seed, args, exp=f"tpe_s{seed}",
-                                   tune={"num_samples": samples}, methods=[method])  # fmt: skip
-                part, seconds = run_arm(cfg)
-                rows.update(part)
-                wall += seconds
-            arms[f"tpe_s{seed}"] = (rows, wall)
-        warm_rows, warm_wall = {}, 0.0
-        for method, n in sizes.items():
-            cfg = sweep_config(root, f"warm_{method}", args.seeds[0], args,
-                               exp=f"tpe_s{args.seeds[0]}", search={"warm_start": True},
-                               tune={"num_samples": max(1, round(n * args.fraction))},
-                               methods=[method])  # fmt: skip
-            part, seconds = run_arm(cfg)
-            warm_rows.update(part)
-            warm_wall += seconds
-        arms["warm"] = (warm_rows, warm_wall)
+            arms[f"tpe_s{seed}"] = tpe_arm(root, args, per_method, seed, f"tpe_s{seed}", {})
+        first = args.seeds[0]  # warm start reads the first TPE arm's studies
+        arms["warm"] = tpe_arm(root, args, per_method, first, f"tpe_s{first}",
+                               {"warm_start": True}, name="warm")  # fmt: skip
+        arms["tpe_grid"] = tpe_arm(root, args, per_method, first, "tpe_grid",
+                                   {"space": "published_grid", "sampler": "tpe"})  # fmt: skip
         ray.shutdown()
     print(f"grid sizes {sizes}; {len(grid)} studies; grid arm {grid_s:.0f} s")
     results = {name: summary(name, grid, rows, compare(grid, rows)) for name, (rows, _) in

@@ -11,6 +11,8 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
 
 import checkpoint_cost
 import gpu_throughput
+import numpy as np
+import tuning_efficiency
 
 from tuner.sweep.checkpoints import CheckpointPolicy
 
@@ -41,3 +43,26 @@ def test_a_lora_checkpoint_is_a_small_fraction_of_a_full_one():
     assert every_epoch == pytest.approx(99 * 0.5 / (100 + 99 * 0.5))
     assert timed == pytest.approx(0.5 / 100.5)
     assert checkpoint_cost.shares(0.5, 1.0, CheckpointPolicy(), 100) == 0  # default: 120 s
+
+
+def test_efficiency_counts_epochs_and_ties_against_the_grid():
+    """A grid study and an arm study on the same 400 test images: the arm used 4x fewer
+    trial-epochs; one arm study is tied (one image apart), one clearly worse."""
+    rng = np.random.default_rng(0)
+    truth = rng.random(400) < 0.8
+
+    def row(epochs: int, correct: np.ndarray) -> dict:
+        return {"trial_epochs": epochs, "test_acc": float(correct.mean()),
+                "correct": correct, "epochs_to_best": epochs}  # fmt: skip
+
+    worse = truth.copy()
+    worse[:120] = False
+    nearly = truth.copy()
+    nearly[np.flatnonzero(truth)[0]] = False
+    grid = {"a": row(64, truth), "b": row(64, truth)}
+    arm = {"a": row(16, nearly), "b": row(16, worse)}
+    cmp = tuning_efficiency.compare(grid, arm)
+    assert cmp["a"]["epochs_ratio"] == 4.0 and cmp["a"]["tied_or_better"]
+    assert not cmp["b"]["tied_or_better"] and cmp["b"]["test_delta"] < -0.1
+    out = tuning_efficiency.summary("arm", grid, arm, cmp)
+    assert out["fewer_x"] == 4.0 and out["tied_or_better_share"] == 0.5

@@ -154,3 +154,26 @@ def test_a_studys_fixed_options_tag_its_runs_as_a_variant():
     assert study_tags(cfg, spt)["variant"] == "allocation=random"
     assert "variant" not in study_tags(cfg, lora)
     assert row_key(study_tags(cfg, spt))[2] == "spt_lora (allocation=random)"
+
+
+def test_tpe_can_sample_the_published_grid_values_as_its_own_study():
+    from tuner.config import ConfigError
+    from tuner.sweep.plan import study_hash
+    from tuner.sweep.study import protocol_hash, study_total
+
+    base = {"name": "s", "tasks": ["synth/count"], "methods": ["lora"],
+            "search": {"space": "published_grid"}, "tune": {"num_samples": 3}}  # fmt: skip
+    grid = parse_config(base)
+    tpe = parse_config({**base, "search": {"space": "published_grid", "sampler": "tpe"}})
+    assert grid.grid_search and not tpe.grid_search
+    (study,) = plan(grid)
+    assert study_total(grid, study) == len(grid_points(study.space)) > 3
+    assert study_total(tpe, study) == 3  # TPE's budget, over the grid's values
+    for domain in study.space.values():  # every grid key is a choice TPE can sample
+        assert domain.kind == "choice"
+    assert study_hash(grid, study) != study_hash(tpe, study)
+    assert protocol_hash(grid) != protocol_hash(tpe)
+    explicit = parse_config({**base, "search": {"space": "published_grid", "sampler": "auto"}})
+    assert study_hash(explicit, study) == study_hash(grid, study)
+    with pytest.raises((ConfigError, ValueError), match=r"search\.sampler"):
+        parse_config({**base, "search": {"space": "optuna", "sampler": "grid"}})

@@ -78,6 +78,11 @@ class TuneSettings(_Strict):
 
 class SearchSettings(_Strict):
     space: Literal["optuna", "published_grid"] = "optuna"
+    sampler: Literal["auto", "grid", "tpe"] = Field(
+        "auto",
+        description="auto: every grid point for published_grid, TPE for optuna; "
+        "tpe with published_grid: TPE (and ASHA) over the grid's values",
+    )
     spaces_dir: Path | None = Field(None, description="override the shipped search_spaces/")
     fixed: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per-method fixed hyper-parameters, e.g. lora: {rank: 4}"
@@ -196,6 +201,15 @@ class SweepConfig(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _grid_needs_a_grid(self) -> SweepConfig:
+        if self.search.sampler == "grid" and self.search.space != "published_grid":
+            raise ValueError(
+                "search.sampler: 'grid' needs search.space: published_grid (the optuna "
+                "space has continuous ranges); use 'tpe' or 'auto'"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _weights_need_pretrained(self) -> SweepConfig:
         if self.backbone_weights and not self.train.pretrained:
             raise ValueError("backbone_weights is set but train.pretrained is false")
@@ -204,6 +218,12 @@ class SweepConfig(_Strict):
     @property
     def experiment(self) -> str:
         return self.tracking.experiment or self.name
+
+    @property
+    def grid_search(self) -> bool:
+        """Every point of the published grid, in order (else TPE samples the space)."""
+        sampler = self.search.sampler
+        return sampler == "grid" or (sampler == "auto" and self.search.space == "published_grid")
 
     @property
     def final_epochs(self) -> int:

@@ -38,7 +38,7 @@ def asha_epochs(trials: int, max_t: int, grace: int, eta: int) -> float:
 def describe_plan(cfg: SweepConfig, epoch_seconds: float | None = None) -> dict[str, Any]:
     """The resolved plan as one JSON-able mapping (see the module docstring)."""
     studies = plan(cfg)
-    grid = cfg.search.space == "published_grid"
+    grid = cfg.grid_search
     tune, train = cfg.tune, cfg.train
     rows, max_epochs, expected = [], 0, 0.0
     for study in studies:

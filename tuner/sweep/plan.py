@@ -165,6 +165,8 @@ def study_hash(cfg: SweepConfig, study: StudySpec) -> str:
         "domains": {k: [d.kind, list(d.args)] for k, d in sorted(study.space.items())},
         "fixed": study.fixed,
     }
+    if cfg.search.sampler != "auto":  # (absent when auto: earlier hashes stay valid)
+        content["sampler"] = cfg.search.sampler
     if cfg.backbone_weights:  # the file's content, not its name, decides the result
         content["backbone_weights"] = weights_fingerprint(cfg.backbone_weights)
     return content_hash(content, 20)

@@ -87,6 +87,8 @@ def protocol_hash(cfg: SweepConfig) -> str:
         "final_epochs": cfg.final_epochs,
         "space": cfg.search.space,
     }
+    if cfg.search.sampler != "auto":  # (absent when auto: earlier protocols keep their hash)
+        content["sampler"] = cfg.search.sampler
     return content_hash(content, 8)
 
 
@@ -135,7 +137,7 @@ def searched_space(study: StudySpec) -> dict[str, Domain]:
 
 def study_total(cfg: SweepConfig, study: StudySpec) -> int:
     """Trials in the study: every grid point, or the sweep's ``num_samples`` for TPE."""
-    if cfg.search.space == "published_grid":
+    if cfg.grid_search:
         return len(grid_points(searched_space(study)))
     return cfg.tune.num_samples
 
@@ -145,9 +147,10 @@ def open_study(
 ) -> Opened:
     """Start the study: its MLflow run, its searcher (warm-started on request) or grid, and
     its prepare pass. Raises if any of it fails (the sweep then marks the study FAILED)."""
-    grid = cfg.search.space == "published_grid"
+    grid = cfg.grid_search
     params = {
         "search.space": cfg.search.space,
+        "search.sampler": "grid" if grid else "tpe",
         "search.num_samples": cfg.tune.num_samples,
         "search.seed": study.seed,
         **{f"fixed.{k}": v for k, v in study.fixed.items()},
