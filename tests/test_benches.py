@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
 import checkpoint_cost
 import gpu_throughput
 import numpy as np
+import sweep_timeline
 import tuning_efficiency
 
 from tuner.sweep.checkpoints import CheckpointPolicy
@@ -66,3 +67,9 @@ def test_efficiency_counts_epochs_and_ties_against_the_grid():
     assert not cmp["b"]["tied_or_better"] and cmp["b"]["test_delta"] < -0.1
     out = tuning_efficiency.summary("arm", grid, arm, cmp)
     assert out["fewer_x"] == 4.0 and out["tied_or_better_share"] == 0.5
+
+
+def test_the_timeline_counts_runs_in_flight():
+    # 0-10 s one run, 10-20 s two, 20-40 s one: a quarter of the span with two in flight
+    shares = sweep_timeline.in_flight([(0.0, 20.0), (10.0, 40.0)], step=0.5)
+    assert shares == {1: pytest.approx(0.75), 2: pytest.approx(0.25)}

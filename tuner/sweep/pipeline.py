@@ -77,7 +77,8 @@ def run_pipeline(
     result.outputs = paths
     trials = result.trials
     early = sum(t.outcome == "stopped_early" for t in trials)
-    console.print(paths["markdown"].read_text(), soft_wrap=True, highlight=False)
+    # markup off: a column such as "synth/count [shift noise]" is text, not a rich style tag
+    console.print(paths["markdown"].read_text(), soft_wrap=True, highlight=False, markup=False)
     console.print(
         f"{len(trials)} trials ({early} stopped early by ASHA), {len(result.finals)} final "
         f"runs in {result.wall_s:.0f}s (reused from MLflow: {result.reused_studies} "
