@@ -128,13 +128,17 @@ def tpe_arm(
     search: dict[str, Any],
     name: str | None = None,
 ) -> tuple[dict[str, Any], float]:
-    """TPE + ASHA with ``per_method`` trials per study (one sweep per method, since
-    ``num_samples`` differs by method), logged to experiment ``exp``."""
-    rows, wall = {}, 0.0
+    """TPE + ASHA with ``per_method`` trials per study, logged to experiment ``exp``: one
+    sweep per distinct trial count (``num_samples`` is a sweep setting), so methods with the
+    same budget share a sweep and its start-up."""
+    groups: dict[int, list[str]] = {}
     for method, samples in per_method.items():
-        cfg = sweep_config(root, f"{name or exp}_{method}", seed, args, exp=exp,
+        groups.setdefault(samples, []).append(method)
+    rows, wall = {}, 0.0
+    for samples, methods in groups.items():
+        cfg = sweep_config(root, f"{name or exp}_n{samples}", seed, args, exp=exp,
                            search=dict(search), tune={"num_samples": samples},
-                           methods=[method])  # fmt: skip
+                           methods=methods)  # fmt: skip
         part, seconds = run_arm(cfg)
         rows.update(part)
         wall += seconds
