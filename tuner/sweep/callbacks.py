@@ -20,7 +20,7 @@ from ray.tune.experiment import Trial
 
 from tuner.config import SweepConfig
 from tuner.records import METRIC, StudySummary, logged_metrics, trial_outcome
-from tuner.sweep.multiplex import LIVE, WARM, split_config
+from tuner.sweep.multiplex import LIVE, WARM, split_config, study_of
 from tuner.sweep.plan import StudySpec
 from tuner.sweep.study import close_study, study_tags, study_total, trial_records
 from tuner.sweep.warm_start import WARM_TAG
@@ -63,7 +63,7 @@ class MLflowTrialCallback(tune.Callback):
 
     @staticmethod
     def _key(trial: Any) -> str:
-        return f"{split_config(trial.config)[0]}/{trial.trial_id}"
+        return f"{study_of(trial.config)}/{trial.trial_id}"
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if trial.trial_id in self.started:
@@ -90,7 +90,7 @@ class MLflowTrialCallback(tune.Callback):
             self._key(trial), metrics, int(result["training_iteration"])
         )
         if METRIC in result and not result.get("diverged"):
-            self.board.trial_result.remote(split_config(trial.config)[0], float(result[METRIC]))
+            self.board.trial_result.remote(study_of(trial.config), float(result[METRIC]))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         outcome = trial_outcome(trial.last_result, self.max_epochs)
@@ -105,18 +105,18 @@ class MLflowTrialCallback(tune.Callback):
                 "node": trial.last_result.get("node_id", ""),
             },
         )
-        self.board.trial_done.remote(split_config(trial.config)[0], outcome)
+        self.board.trial_done.remote(study_of(trial.config), outcome)
         self._close_if_done(trials, trial)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.tracker.end_run.remote(self._key(trial), "FAILED", {"outcome": "error"})
-        self.board.trial_done.remote(split_config(trial.config)[0], "error")
+        self.board.trial_done.remote(study_of(trial.config), "error")
         self._close_if_done(trials, trial)
 
     def _close_if_done(self, trials: list, ended: Any) -> None:
         """Close the ended trial's study if every one of its trials has ended."""
-        study = split_config(ended.config)[0]
-        mine = [t for t in trials if split_config(t.config)[0] == study]
+        study = study_of(ended.config)
+        mine = [t for t in trials if study_of(t.config) == study]
         over = all(t is ended or t.status in (Trial.TERMINATED, Trial.ERROR) for t in mine)
         if study in self.closed or len(mine) < self.totals[study] or not over:
             return

@@ -41,6 +41,11 @@ BOOKKEEPING = (STUDY, PREPARED, WARM)
 LIVE: dict[str, MultiStudySearcher] = {}
 
 
+def study_of(config: dict[str, Any]) -> str:
+    """The study key of a trial's config (cheap: no copies; trial callbacks call it often)."""
+    return str(config.get(STUDY, ""))
+
+
 def split_config(config: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """(study key, bookkeeping, hyper-parameters) of a trial's config."""
     meta = {k: config[k] for k in BOOKKEEPING if k in config}
@@ -229,7 +234,7 @@ class MultiStudyScheduler(FIFOScheduler):
         self.by_study: dict[str, TrialScheduler] = {}
 
     def _of(self, trial: Any) -> TrialScheduler:
-        key = str(trial.config.get(STUDY, ""))
+        key = study_of(trial.config)
         if key not in self.by_study:
             self.by_study[key] = self.make()
         return self.by_study[key]
