@@ -54,11 +54,10 @@ def test_enospc_names_the_file_free_space_and_resume(full_disk: Path):
     fill(full_disk)
     target = full_disk / "results" / "checkpoint.pt"
     target.parent.mkdir(exist_ok=True)
-    with pytest.raises(OSError) as caught:
-        with open(target, "wb") as f:
-            f.write(b"x" * 100_000)
-            f.flush()
-            os.fsync(f.fileno())
+    with pytest.raises(OSError) as caught, open(target, "wb") as f:
+        f.write(b"x" * 100_000)
+        f.flush()
+        os.fsync(f.fileno())
     message = disk_full_message(full_disk / "results", caught.value)
     assert message is not None and "\n" not in message
     # a write() error carries no file name: the line names what the caller wrote under

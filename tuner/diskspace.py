@@ -80,8 +80,10 @@ def disk_full_message(path: str | Path, err: BaseException) -> str | None:
         where = Path(os.fsdecode(cause.filename))
     mount = mount_point(where)
     usage = shutil.disk_usage(mount)
-    what = "the disk quota is used up" if getattr(cause, "errno", None) == errno.EDQUOT else (
-        "the disk is full"
+    what = (
+        "the disk quota is used up"
+        if getattr(cause, "errno", None) == errno.EDQUOT
+        else ("the disk is full")
     )
     return (
         f"{what} writing {where}: {human_bytes(usage.free)} free of "
