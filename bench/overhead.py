@@ -26,10 +26,10 @@ from pathlib import Path
 import ray
 
 from tuner.config import parse_config
-from tuner.records import PARENT_RUN_TAG
 from tuner.sweep.orchestrate import run_sweep
 from tuner.sweep.specs import trial_spec
 from tuner.tracking.client import TrackingService
+from tuner.tracking.names import PARENT_RUN_TAG
 from tuner.training.trainer import Trainer
 
 HP = {"lr": 3e-3, "weight_decay": 1e-4, "rank": 8}

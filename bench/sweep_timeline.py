@@ -15,8 +15,8 @@ import argparse
 
 import numpy as np
 
-from tuner.records import PARENT_RUN_TAG
 from tuner.tracking.client import TrackingService
+from tuner.tracking.names import PARENT_RUN_TAG
 
 
 def run_spans(store: str, sweep: str) -> list[tuple[float, float]]:

@@ -36,8 +36,8 @@ import numpy as np
 import ray
 
 from tuner.config import parse_config
-from tuner.records import PARENT_RUN_TAG
 from tuner.sweep.orchestrate import start_tracker
+from tuner.tracking.names import PARENT_RUN_TAG
 
 METRICS = ("train/loss", "train/acc", "val/loss", "val/acc", "lr", "epoch_time_s")
 

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 from tuner.analysis.frechet import bootstrap_frechet, frechet_between, frechet_distance
 from tuner.analysis.quadrant import assign_quadrants
 from tuner.cli import app
-from tuner.records import PARENT_RUN_TAG
 from tuner.tracking.client import TrackingService
+from tuner.tracking.names import PARENT_RUN_TAG
 
 runner = CliRunner()
 METHODS = ["eigh", "sqrtm"]

@@ -23,9 +23,9 @@ import yaml
 from conftest import free_port
 
 from tuner.config import ConfigError
-from tuner.records import PARENT_RUN_TAG
 from tuner.submit import SubmitError, submit
 from tuner.tracking.client import TrackingService
+from tuner.tracking.names import PARENT_RUN_TAG
 
 BIN = Path(sys.executable).parent
 TASK, METHODS, SAMPLES = "synth/count", ["linear", "lora"], 2

@@ -20,9 +20,9 @@ import ray
 from rich.console import Console
 
 from tuner.config import parse_config
-from tuner.records import PARENT_RUN_TAG
 from tuner.sweep.pipeline import run_pipeline
 from tuner.tracking.client import TrackingService
+from tuner.tracking.names import PARENT_RUN_TAG
 
 TASKS = ["synth/dsprites_loc", "synth/textures"]
 METHODS = ["linear", "lora"]

@@ -19,9 +19,9 @@ import torch
 
 from tuner.leaderboard.build import build, publish
 from tuner.leaderboard.collect import load_reference
-from tuner.records import PARENT_RUN_TAG
 from tuner.tracking.artifacts import predictions_bytes
 from tuner.tracking.client import TrackingService
+from tuner.tracking.names import PARENT_RUN_TAG
 
 N = 200
 ORIG = "vit_base_patch16_224.orig_in21k"  # the backbone of PETL_Vision's VTAB-1k numbers

@@ -30,9 +30,9 @@ from rich.console import Console
 
 from tuner.config import parse_config
 from tuner.leaderboard.build import build
-from tuner.records import PARENT_RUN_TAG
 from tuner.sweep.pipeline import run_pipeline
 from tuner.tracking.client import TrackingService
+from tuner.tracking.names import PARENT_RUN_TAG
 
 BIN = Path(sys.executable).parent
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "postgres"}

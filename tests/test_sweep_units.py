@@ -11,7 +11,7 @@ from tuner.records import TrialRecord, trial_outcome
 from tuner.sweep.checkpoints import CheckpointPolicy
 from tuner.sweep.multiplex import PREPARED, STUDY
 from tuner.sweep.plan import plan, stable_seed
-from tuner.sweep.searcher import HonestOptunaSearch
+from tuner.sweep.searcher import TPESearcher, tpe_searcher
 from tuner.sweep.spaces import Domain, grid_points
 from tuner.sweep.specs import trial_spec
 from tuner.sweep.study import select_best, to_ray_space
@@ -19,14 +19,9 @@ from tuner.sweep.study import select_best, to_ray_space
 MAX_EPOCHS = 4
 
 
-def _searcher() -> HonestOptunaSearch:
-    searcher = HonestOptunaSearch(
-        space={"lr": tune.loguniform(1e-4, 1e-1)},
-        metric="val/acc",
-        mode="max",
-        sampler=optuna.samplers.TPESampler(seed=0),
-        max_epochs=MAX_EPOCHS,
-    )
+def _searcher() -> TPESearcher:
+    searcher = tpe_searcher(seed=0, max_epochs=MAX_EPOCHS)
+    searcher.set_search_properties("val/acc", "max", {"lr": tune.loguniform(1e-4, 1e-1)})
     return searcher
 
 
@@ -44,7 +39,7 @@ def test_asha_stopped_trials_reach_optuna_as_pruned_with_their_curve():
     _run(searcher, "full", [0.2, 0.4, 0.5, 0.6])
     _run(searcher, "cut", [0.1, 0.15])  # ASHA stopped it after 2 of 4 epochs
     _run(searcher, "nan", [0.0], diverged=True)
-    trials = {t.number: t for t in searcher._ot_study.trials}
+    trials = {t.number: t for t in searcher.study.trials}
     assert trials[0].state == optuna.trial.TrialState.COMPLETE and trials[0].value == 0.6
     # Optuna keeps a pruned trial's last intermediate value; TPE ranks it as pruned
     assert trials[1].state == optuna.trial.TrialState.PRUNED
@@ -53,6 +48,19 @@ def test_asha_stopped_trials_reach_optuna_as_pruned_with_their_curve():
     assert trials[2].state == optuna.trial.TrialState.COMPLETE and trials[2].value == 0.0
     assert searcher.told == {"full": "COMPLETE", "cut": "PRUNED", "nan": "COMPLETE"}
     assert searcher.trial_states() == {"COMPLETE": 2, "PRUNED": 1}
+
+
+def test_tpe_asks_the_warm_points_first_then_samples_inside_the_space():
+    searcher = tpe_searcher(seed=3, max_epochs=2, first=[{"lr": 0.05}])
+    searcher.set_search_properties("val/acc", "max", {"lr": tune.loguniform(1e-4, 1e-1)})
+    first, second = searcher.suggest("a"), searcher.suggest("b")
+    assert first == {"lr": 0.05}
+    assert 1e-4 <= second["lr"] <= 1e-1 and second != first
+    searcher.on_trial_complete("a", {"val/acc": float("nan"), "training_iteration": 2})
+    searcher.on_trial_complete("b", None, error=True)
+    assert searcher.told == {"a": "FAIL", "b": "FAIL"}
+    searcher.on_trial_complete("b", None, error=True)  # told once only
+    assert searcher.trial_states() == {"FAIL": 2}
 
 
 def test_trial_outcome():
@@ -120,7 +128,7 @@ def test_the_sweep_trainable_gives_each_trial_its_studys_spec_and_prepare_artifa
     monkeypatch.setattr(
         tuner.sweep.trainable,
         "tune_trainable",
-        lambda config, spec, policy: seen.append((config, spec.method, spec.prepared_uri)),
+        lambda config, spec, policy, stop: seen.append((config, spec.method, spec.prepared_uri)),
     )
     cfg = parse_config({"name": "s", "tasks": ["synth/count"], "methods": ["lora", "linear"]})
     specs = {

@@ -21,9 +21,9 @@ from typer.testing import CliRunner
 
 from tuner.cli import app
 from tuner.config import parse_config
-from tuner.records import PARENT_RUN_TAG
 from tuner.sweep.pipeline import run_pipeline
 from tuner.tracking.client import TrackingService
+from tuner.tracking.names import PARENT_RUN_TAG
 
 SAMPLES = 2
 

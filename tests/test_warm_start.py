@@ -6,11 +6,11 @@ import ray
 from rich.console import Console
 
 from tuner.config import parse_config
-from tuner.records import PARENT_RUN_TAG
 from tuner.sweep.pipeline import run_pipeline
 from tuner.sweep.spaces import Domain
 from tuner.sweep.warm_start import WARM_TAG, warm_points
 from tuner.tracking.client import TrackingService
+from tuner.tracking.names import PARENT_RUN_TAG
 
 SPACE = {"lr": Domain("loguniform", (1e-4, 3e-2)), "rank": Domain("choice", (1, 4, 8))}
 

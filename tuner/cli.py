@@ -46,6 +46,7 @@ def run(
     from tuner.backbones.weights import WeightsMismatchError
     from tuner.data.vtab import DataError
     from tuner.sweep.pipeline import run_pipeline
+    from tuner.sweep.shutdown import SweepInterrupted
     from tuner.tracking.buffered import TrackingError
 
     try:
@@ -54,8 +55,35 @@ def run(
         )
     except (DataError, WeightsMismatchError, TrackingError) as err:
         fail(str(err), 1)
+    except SweepInterrupted as stop:
+        command = resume_command(config, preset, set_)
+        console.print(interrupted_block(stop, command), soft_wrap=True, highlight=False)
+        raise typer.Exit(stop.exit_code) from None
     if result.failed or not result.outputs:
         raise typer.Exit(1)
+
+
+def resume_command(config: Path | None, preset: str | None, pairs: list[str]) -> str:
+    """The exact ``petl-sweep run ... --resume`` that continues this sweep."""
+    import shlex
+
+    parts = ["petl-sweep", "run"] + ([str(config)] if config else [])
+    parts += ["--preset", preset] if preset else []
+    for pair in pairs:
+        parts += ["--set", pair]
+    return shlex.join([*parts, "--resume"])
+
+
+def interrupted_block(stop: Any, command: str) -> str:
+    """What a user reads after Ctrl-C / SIGTERM: what was kept and how to continue."""
+    return (
+        f"\n[bold yellow]Interrupted ({stop.signal_name}).[/] "
+        f"{stop.trials_kept} trial(s) finished and are kept; {stop.trials_interrupted} "
+        f"running trial(s) were stopped and continue from their last checkpoint; "
+        f"{stop.finals_cancelled} final retrain(s) in flight will run again. "
+        f"{stop.runs_closed} open MLflow run(s) were closed as KILLED (outcome=interrupted).\n"
+        f"Continue with:\n  {command}"
+    )
 
 
 @app.command()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -66,6 +66,18 @@ class TuneSettings(_Strict):
     early_stopping: bool = Field(
         True, description="ASHA; false: every trial runs max_epochs (a grid search as published)"
     )
+    state_save_s: float = Field(
+        1.0,
+        ge=0,
+        description="Ray Tune saves trial statuses at most this often (TUNE_GLOBAL_CHECKPOINT_S);"
+        " a crash re-runs the trials that ended since the last save",
+    )
+    stop_grace_s: float = Field(
+        30.0, ge=0, description="on Ctrl-C/SIGTERM: seconds running trials get to checkpoint"
+    )
+
+    #: Settings that change how a sweep runs, never a study's result (kept out of its hash)
+    RESULT_NEUTRAL: ClassVar[set[str]] = {"state_save_s", "stop_grace_s"}
 
     @model_validator(mode="after")
     def _grace_fits(self) -> TuneSettings:

@@ -1,7 +1,9 @@
 """The optimiser recipe shared by downstream training and the tiny ViT's pretraining.
 
-AdamW with decay on matrices only, and a per-step linear warm-up followed by cosine decay:
-one copy, so the pretraining recipe and the sweep's trainer cannot drift apart.
+AdamW parameter groups (by default decay on matrices and kernels only; ``decay_everything``
+is the first study's policy, which decays every tuned tensor) and the per-step linear
+warm-up + cosine multiplier: one copy of each, so the tiny ViT's pretraining and the sweep's
+trainer cannot drift apart. (The per-epoch schedule is timm's ``CosineLRScheduler``.)
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """The typed records that cross Ray boundaries, and the names every layer agrees on.
 
-A trial's outcome, a study's summary and a final run's result travel between Ray workers,
-the driver and MLflow. They are dataclasses, not string-keyed dicts, so a renamed field is
-an error where it is used, not a ``KeyError`` three processes away. Metric and tag names live
-here too: the tracking layer writes them and the leaderboard reads them.
+A trial's outcome, a study's summary, the event that ends a study and a final run's result
+travel between Ray workers, the driver and MLflow. They are dataclasses, so a renamed field is
+an error where it is used, not a ``KeyError`` three processes away; ``StudySummary`` and
+``TrialRecord`` become plain dicts only as ``summary.json`` in MLflow (``to_json`` /
+``from_json``). Metric and tag names live here too: the tracking layer writes them and the
+leaderboard reads them.
 """
 
 from __future__ import annotations
@@ -31,8 +33,6 @@ LOGGED = (
 )
 #: Suffix of the metric a method's ``prepare`` pass reports (1 = reused, 0 = computed).
 REUSED_SUFFIX = "_reused"
-#: MLflow's tag linking a child run to its parent (nested runs); one spelling everywhere.
-PARENT_RUN_TAG = "mlflow.parentRunId"
 
 Outcome = Literal["completed", "stopped_early", "diverged", "error"]
 OUTCOMES: tuple[Outcome, ...] = ("completed", "stopped_early", "diverged", "error")
@@ -164,6 +164,31 @@ class FinalResult:
     report_files: dict[str, bytes] = field(default_factory=dict)
     report_metrics: dict[str, float] = field(default_factory=dict)
     final_hash: str = ""
+
+
+@dataclass(frozen=True)
+class StudyEnded:
+    """The event that a study is over: every trial ended, its summary logged in MLflow."""
+
+    summary: StudySummary
+
+    @property
+    def study(self) -> str:
+        return self.summary.study
+
+
+@dataclass(frozen=True)
+class StudyFailed:
+    """The event that a study could not run (its set-up raised): the first line of the
+    error for the user, the whole traceback for ``error.txt``."""
+
+    study: str
+    reason: str
+    detail: str = ""
+
+
+#: What the tuning run tells the driver about a study, exactly once per study.
+StudyEvent = StudyEnded | StudyFailed
 
 
 def variant_tag(fixed: dict[str, object]) -> dict[str, str]:

@@ -27,8 +27,8 @@ import pandas as pd
 from tuner.analysis.figures import save_figure
 from tuner.analysis.run import AnalysisError, Output, analysis
 from tuner.data.tasks import task_order
-from tuner.records import PARENT_RUN_TAG
 from tuner.tracking.client import TrackingService
+from tuner.tracking.names import PARENT_RUN_TAG
 
 #: The per-epoch metrics drawn; nothing else (never ``test/*``) is read per epoch.
 CURVES = ("train/loss", "train/acc", "val/loss", "val/acc")

@@ -48,8 +48,8 @@ from tuner.backbones import TINY_NAME, input_spec, resolve_backbone
 from tuner.data import DataError, load_task
 from tuner.data.subsets import parse_task
 from tuner.data.tasks import task_group, task_order
-from tuner.records import PARENT_RUN_TAG
 from tuner.tracking.client import TrackingService
+from tuner.tracking.names import PARENT_RUN_TAG
 
 LAYER = "pre-logits (final-norm class token) of the frozen pretrained backbone"
 #: Seed of the fresh glyph draws standing in for the tiny ViT's pretraining images.

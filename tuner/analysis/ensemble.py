@@ -37,8 +37,8 @@ from tuner.analysis.figures import save_figure
 from tuner.analysis.run import AnalysisError, Output, analysis
 from tuner.leaderboard.collect import final_runs, row_key
 from tuner.leaderboard.stats import bootstrap_ties, per_example_accuracy
-from tuner.records import PARENT_RUN_TAG
 from tuner.tracking.client import TrackingService
+from tuner.tracking.names import PARENT_RUN_TAG
 
 REGISTRY = methods.list_methods()
 GroupKey = tuple[str, str, str]  # task, backbone, protocol

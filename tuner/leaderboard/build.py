@@ -32,8 +32,8 @@ from tuner.leaderboard.summarise import (
     summarise,
     wide_table,
 )
-from tuner.records import PARENT_RUN_TAG
 from tuner.tracking.client import TrackingService
+from tuner.tracking.names import PARENT_RUN_TAG
 
 
 def write(

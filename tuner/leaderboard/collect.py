@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tuner.records import PARENT_RUN_TAG
 from tuner.tracking.artifacts import read_predictions
 from tuner.tracking.client import TrackingService
+from tuner.tracking.names import PARENT_RUN_TAG
 
 PREDICTIONS = "test_predictions.parquet"
 #: What a leaderboard row is: (backbone, protocol, method); "" where a run lacks the tag.

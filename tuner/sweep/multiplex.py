@@ -1,4 +1,4 @@
-"""Every study of a sweep in one Ray Tune run: a searcher and a scheduler per study, one pool.
+"""Every study of a sweep in one Ray Tune run, and the one class that decides a study's life.
 
 One ``Tuner`` per study paid Ray Tune's start-up and fresh trial actors for every study
 (≈ 10 s each on 2 cores), and left slots idle while one study drained and the next started.
@@ -10,6 +10,11 @@ keeps what makes it a study:
   plan order (MLflow run, warm start, prepare pass) when they are first needed, keeps at most
   ``max_open`` studies open and ``per_study`` trials of a study in flight, and stamps every
   configuration with its study (``STUDY``), the study's prepare artifact and warm source.
+  It is also the *only* place that decides a study is over: it is told every trial's end,
+  keeps the study's ``TrialRecord``s, and when a study has handed out its budget and has no
+  live trial it closes it and emits one ``StudyEnded`` (or, if it could not open,
+  ``StudyFailed``) to the driver. That is O(1) work per trial event, whatever the sweep's
+  size, and its state is saved and restored with the experiment.
 * ``MultiStudyScheduler`` gives each study its own ASHA brackets, so one study's rungs never
   stop another study's trials.
 
@@ -22,23 +27,31 @@ from __future__ import annotations
 import logging
 import pickle
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
-from tuner.records import METRIC
+from tuner.records import (
+    METRIC,
+    StudyEnded,
+    StudyEvent,
+    StudyFailed,
+    StudySummary,
+    TrialRecord,
+    first_line,
+    trial_outcome,
+)
 
 log = logging.getLogger("petl_sweep")
 
 #: Bookkeeping keys of a trial's config (not hyper-parameters)
 STUDY, PREPARED, WARM = "__study", "__prepared_uri", "__warm_start"
 BOOKKEEPING = (STUDY, PREPARED, WARM)
-
-#: The live searcher of each sweep in this process, for the callback's Optuna counts
-LIVE: dict[str, MultiStudySearcher] = {}
 
 
 def study_of(config: dict[str, Any]) -> str:
@@ -65,15 +78,51 @@ class Opened:
 
 
 @dataclass
+class Closing:
+    """What closing a study hands to ``StudyHooks.close``: its trials, in the order they were
+    suggested, how long it took to open and to tune, and how Optuna recorded its trials."""
+
+    key: str
+    trials: list[TrialRecord]
+    setup_s: float
+    wall_s: float
+    optuna_states: dict[str, int]
+    prepared_uri: str | None
+
+
+class StudyHooks(Protocol):
+    """What the searcher needs of the sweep around it (``shared_run.StudyLife``): picklable,
+    since Ray Tune saves the searcher with the experiment."""
+
+    def open(self, key: str) -> Opened: ...
+
+    def close(self, closing: Closing) -> StudySummary: ...
+
+    def reopen(self, key: str) -> None: ...
+
+    def emit(self, event: StudyEvent) -> None: ...
+
+
+@dataclass
 class StudyState:
-    """One study inside the shared run: how many trials it may still start, which are live."""
+    """One study inside the shared run: its budget, its live trials and finished records."""
 
     key: str
     total: int
+    #: The study's fixed options, part of every trial record's configuration
+    fixed: dict[str, Any] = field(default_factory=dict)
     opened: Opened | None = None
     failed: bool = False
+    closed: bool = False
     suggested: int = 0
     live: set[str] = field(default_factory=set)
+    #: trial id → (index in suggestion order, hyper-parameters)
+    configs: dict[str, tuple[int, dict[str, Any]]] = field(default_factory=dict)
+    #: the last result of each live trial (Ray tells the searcher no result on an error)
+    last: dict[str, dict[str, Any]] = field(default_factory=dict)
+    records: dict[str, TrialRecord] = field(default_factory=dict)
+    #: The one event that ended the study (kept: a restored run announces it again)
+    event: StudyEvent | None = None
     #: When the study opened (epoch seconds) and how long opening took
     opened_at: float = 0.0
     setup_s: float = 0.0
@@ -91,46 +140,71 @@ class StudyState:
             and (self.suggested < self.total or bool(self.live))
         )
 
+    def record(self, trial_id: str, result: dict | None, error: str, max_epochs: int) -> None:
+        index, hp = self.configs.get(trial_id, (len(self.configs), {}))
+        last = result or self.last.pop(trial_id, None) or {}
+        self.last.pop(trial_id, None)
+        self.records[trial_id] = TrialRecord(
+            index=index,
+            trial_id=trial_id,
+            config={**self.fixed, **hp},
+            epochs=int(last.get("training_iteration", 0)),
+            val_acc=float(last.get(METRIC, 0.0)),
+            trainable_params=int(last.get("trainable_params", 0)),
+            outcome="error" if error else trial_outcome(last or None, max_epochs),
+            error=first_line(error) if error else "",
+        )
+
 
 class MultiStudySearcher(Searcher):
-    """Suggests the next trial of the first study (in plan order) that may start one.
+    """Suggests the next trial of the first study (in plan order) that may start one, and
+    closes each study when its last trial ends.
 
-    ``opener(key)`` opens a study (returns ``Opened``) and may raise: that study is then
-    reported through ``on_failed(key, error)`` and skipped, the others go on."""
+    ``hooks.open(key)`` opens a study (returns ``Opened``) and may raise: that study is then
+    failed (``StudyFailed``) and skipped, the others go on."""
 
     def __init__(
         self,
-        sweep: str,
         totals: dict[str, int],
-        opener: Callable[[str], Opened],
-        on_failed: Callable[[str, BaseException], None],
+        hooks: StudyHooks,
         per_study: int,
         max_open: int,
+        max_epochs: int,
+        fixed: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         super().__init__(metric=METRIC, mode="max")
-        self.sweep, self.opener, self.on_failed = sweep, opener, on_failed
-        self.per_study, self.max_open = per_study, max_open
-        self.studies = {key: StudyState(key, total) for key, total in totals.items()}
+        self.hooks, self.per_study, self.max_open = hooks, per_study, max_open
+        self.max_epochs = max_epochs
+        fixed = fixed or {}
+        self.studies = {k: StudyState(k, n, dict(fixed.get(k, {}))) for k, n in totals.items()}
         self.owner: dict[str, str] = {}  # trial id → study key
-        LIVE[sweep] = self
+        #: plan order, the next study to open, and the open ones (at most ``max_open``)
+        self.order, self.cursor = list(self.studies), 0
+        self.active: list[str] = []
+        #: error text of failed trials, handed over by the scheduler (it sees the trial)
+        self.errors: dict[str, str] = {}
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict,
                               **spec: Any) -> bool:  # fmt: skip
         return True  # every study's space is its own; the shared one is empty
 
+    # -- opening and suggesting -----------------------------------------------------------
     def _open(self, state: StudyState) -> bool:
         began = time.time()
         try:
-            state.opened = self.opener(state.key)
+            state.opened = self.hooks.open(state.key)
         except Exception as err:  # one study's broken set-up must not end the sweep
             log.warning("study %s failed to start: %s", state.key, err)
-            state.failed = True
-            self.on_failed(state.key, err)
+            state.failed = state.closed = True
+            detail = "".join(traceback.format_exception(err))
+            state.event = StudyFailed(state.key, first_line(err), detail)
+            self.hooks.emit(state.event)
             return False
         state.opened_at = time.time()
         state.setup_s = state.opened_at - began
         if not state.opened.searcher:
             state.total = len(state.opened.grid)
+            self._close_if_over(state)  # an empty grid has nothing to wait for
         return True
 
     def _next(self, state: StudyState, trial_id: str) -> dict[str, Any] | None:
@@ -141,51 +215,91 @@ class MultiStudySearcher(Searcher):
         else:
             hp = opened.searcher.suggest(trial_id)
             if hp is None or hp == Searcher.FINISHED:
+                state.total = state.suggested  # the sub-searcher has nothing more
+                self._close_if_over(state)
                 return None
         config = {**hp, STUDY: state.key, PREPARED: opened.prepared_uri}
         if opened.searcher is not None and state.suggested < len(opened.warm):
             config[WARM] = opened.warm[state.suggested][1]  # Optuna asks these first
+        state.configs[trial_id] = (state.suggested, hp)
         state.suggested += 1
         state.live.add(trial_id)
         self.owner[trial_id] = state.key
         return config
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
-        for state in self.studies.values():
-            if state.exhausted:
+        """The next trial of the first open study that may start one, opening the next study
+        in plan order when fewer than ``max_open`` are open. Looks at the open studies only
+        (at most ``max_open``), never at every study of the sweep."""
+        self.active = [k for k in self.active if self.studies[k].active]
+        for key in self.active:
+            state = self.studies[key]
+            if not state.exhausted and len(state.live) < self.per_study:
+                config = self._next(state, trial_id)
+                if config is not None:
+                    return config
+        while len(self.active) < self.max_open and self.cursor < len(self.order):
+            state = self.studies[self.order[self.cursor]]
+            self.cursor += 1
+            if state.opened is not None or state.failed or not self._open(state):
                 continue
-            if state.opened is None:
-                if sum(s.active for s in self.studies.values()) >= self.max_open:
-                    return None  # depth first: finish open studies before opening more
-                if not self._open(state) or state.exhausted:
-                    continue
-            if len(state.live) >= self.per_study:
-                continue
-            config = self._next(state, trial_id)
-            if config is not None:
-                return config
-        if all(s.exhausted for s in self.studies.values()):
+            if state.active:
+                self.active.append(state.key)
+            if not state.exhausted:
+                config = self._next(state, trial_id)
+                if config is not None:
+                    return config
+        if self.cursor >= len(self.order) and all(self.studies[k].exhausted for k in self.active):
             return Searcher.FINISHED
         return None
 
+    # -- results and ends -----------------------------------------------------------------
     def _sub(self, trial_id: str) -> tuple[StudyState | None, Any]:
         state = self.studies.get(self.owner.get(trial_id, ""))
         opened = state.opened if state else None
         return state, (opened.searcher if opened else None)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        _, sub = self._sub(trial_id)
+        state, sub = self._sub(trial_id)
+        if state is not None:
+            state.last[trial_id] = result
         if sub is not None:
             sub.on_trial_result(trial_id, result)
+
+    def trial_failed(self, trial_id: str, error: str) -> None:
+        """The error text of a trial that failed (told just before ``on_trial_complete``)."""
+        self.errors[trial_id] = error or "trial failed"
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
         state, sub = self._sub(trial_id)
-        if state is not None:
-            state.live.discard(trial_id)
+        text = self.errors.pop(trial_id, "trial failed" if error else "")
+        if state is None:
+            return
+        state.live.discard(trial_id)
+        state.record(trial_id, result, text if error else "", self.max_epochs)
         if sub is not None:
             sub.on_trial_complete(trial_id, result, error)
+        self._close_if_over(state)
+
+    def _close_if_over(self, state: StudyState) -> None:
+        """Close the study once it handed out its budget and its last trial ended."""
+        if state.closed or not state.exhausted or state.live:
+            return
+        state.closed = True
+        opened = state.opened
+        sub = opened.searcher if opened else None
+        closing = Closing(
+            key=state.key,
+            trials=sorted(state.records.values(), key=lambda t: t.index),
+            setup_s=state.setup_s,
+            wall_s=time.time() - (state.opened_at or time.time()),
+            optuna_states=sub.trial_states() if sub is not None else {},
+            prepared_uri=opened.prepared_uri if opened else None,
+        )
+        state.event = StudyEnded(self.hooks.close(closing))
+        self.hooks.emit(state.event)
 
     def trial_states(self, key: str) -> dict[str, int]:
         """How the study's Optuna recorded its trials (empty for a grid)."""
@@ -193,14 +307,26 @@ class MultiStudySearcher(Searcher):
         sub = state.opened.searcher if state and state.opened else None
         return sub.trial_states() if sub is not None else {}
 
+    # -- saved with the experiment --------------------------------------------------------
     def get_state(self) -> dict[str, Any]:
-        return {"studies": self.studies, "owner": self.owner}
+        return {
+            "studies": self.studies,
+            "owner": self.owner,
+            "cursor": self.cursor,
+            "active": self.active,
+        }
 
     def set_state(self, state: dict[str, Any]) -> None:
+        """Come back as saved: live trials stay live (Ray Tune resumes them). Each open study
+        gets its MLflow run back (created if the store never recorded it); a study closed
+        before the crash is announced again (the driver ignores what it already has)."""
         self.studies, self.owner = state["studies"], state["owner"]
+        self.order, self.cursor, self.active = list(self.studies), state["cursor"], state["active"]
         for study in self.studies.values():
-            study.live.clear()  # Ray Tune tells us again about trials it resumes
-        LIVE[self.sweep] = self
+            if study.event is not None:
+                self.hooks.emit(study.event)
+            elif study.opened is not None and not study.closed:
+                self.hooks.reopen(study.key)
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
@@ -211,26 +337,24 @@ class MultiStudySearcher(Searcher):
             self.set_state(pickle.load(f))
 
 
-def save_state_soon(tune_controller: Any) -> None:
-    """Have Ray Tune save the experiment state at the end of this step, not up to 10 s later.
-
-    Ray Tune saves trial statuses and the searcher every 10 s or more. A sweep killed in
-    between came back with a trial it had finished (and MLflow had recorded) as unfinished,
-    and ran it again, or without the trials suggested since, which it then re-sampled. A
-    finished trial is worth one save. Ray 2.60 keeps the throttle in its experiment-state
-    manager; if that ever moves, this does nothing and the 10 s rule applies."""
-    manager = getattr(tune_controller, "_checkpoint_manager", None)
-    if manager is not None and hasattr(manager, "_last_save_time"):
-        manager._last_save_time = float("-inf")
+def trial_error(trial: Any) -> str:
+    """A failed trial's error text (empty when it did not fail)."""
+    if trial.status != Trial.ERROR and not getattr(trial, "error_file", None):
+        return ""
+    error = trial.get_error()
+    return str(error) if error is not None else "trial failed"
 
 
 class MultiStudyScheduler(FIFOScheduler):
     """One scheduler per study (``make()``: ASHA, or FIFO without early stopping), chosen by
-    the trial's ``STUDY``; every finished trial asks for the experiment state to be saved."""
+    the trial's ``STUDY``. It is the hook that sees a failed trial itself, so it hands the
+    trial's error text to the searcher, which records the trial."""
 
-    def __init__(self, make: Callable[[], TrialScheduler]) -> None:
+    def __init__(
+        self, make: Callable[[], TrialScheduler], searcher: MultiStudySearcher | None = None
+    ) -> None:
         super().__init__()
-        self.make = make
+        self.make, self.searcher = make, searcher
         self.by_study: dict[str, TrialScheduler] = {}
 
     def _of(self, trial: Any) -> TrialScheduler:
@@ -246,6 +370,9 @@ class MultiStudyScheduler(FIFOScheduler):
         self._of(trial).on_trial_add(tune_controller, trial)
 
     def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
+        text = trial_error(trial)
+        if text and self.searcher is not None:
+            self.searcher.trial_failed(trial.trial_id, text)
         self._of(trial).on_trial_error(tune_controller, trial)
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
@@ -253,7 +380,6 @@ class MultiStudyScheduler(FIFOScheduler):
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
         self._of(trial).on_trial_complete(tune_controller, trial, result)
-        save_state_soon(tune_controller)
 
     def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
         self._of(trial).on_trial_remove(tune_controller, trial)

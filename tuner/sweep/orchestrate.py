@@ -1,44 +1,48 @@
-"""Plan → one shared Ray Tune run (a TPE searcher and ASHA per study) → final retrains.
+"""Plan → reconcile → one shared Ray Tune run (a TPE searcher and ASHA per study) → finals.
 
-Every study tunes in one Ray Tune run (``tuner.sweep.shared_run``), run as one Ray task on
-the driver's node; a study's final retrains start as soon as its end is posted to the
-progress board, while later studies tune. The driver keeps the bookkeeping in one
-``SweepRun``; the tracker and progress actors are named so that callbacks (and restored
-callbacks after ``--resume``) find them.
+The driver's loop, shaped like Syne Tune's: it waits on three things at once (the tuning
+task, the final retrains in flight, the study event queue) and handles one at a time. A
+study reaches the driver exactly once, as a typed event (``StudyEnded`` / ``StudyFailed``)
+from the searcher that decides its life (``tuner.sweep.multiplex``); its final retrains
+start at once, while later studies tune. When the tuning task returns, a study it never
+announced is failed with the reason. Work per event is O(1) in the sweep's size.
 
-Resumable: a study or final run whose content hash already finished in MLflow is not run
-again, and the shared run continues from its saved state, so a crashed sweep restarts where
-it stopped.
+What a re-run reuses is decided once, before anything runs (``tuner.sweep.reconcile``).
+Ctrl-C and SIGTERM take one clean path (``tuner.sweep.shutdown``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import ray
-from ray._private import ray_constants
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from tuner.config import SweepConfig
-from tuner.records import PARENT_RUN_TAG, FinalResult, StudySummary, first_line
-from tuner.sweep.callbacks import actor_name
+from tuner.records import FinalResult, StudyEnded, StudyEvent, StudySummary, first_line
+from tuner.sweep.events import actor_name, start_events
 from tuner.sweep.final import final_hash, log_final, run_final
 from tuner.sweep.plan import StudySpec, check_backbone, planned_studies, prepare_data
-from tuner.sweep.progress import ProgressBoard
-from tuner.sweep.shared_run import run_shared
-from tuner.sweep.study import study_tags
+from tuner.sweep.progress import ProgressBoard, running_trials
+from tuner.sweep.ray_internals import interrupt_tuner, loopback_only
+from tuner.sweep.reconcile import reconcile
+from tuner.sweep.shared_run import TuningOutcome, run_shared
+from tuner.sweep.shutdown import StopRequest, SweepInterrupted
+from tuner.sweep.study import study_run_tags
 from tuner.sweep.utilisation import slots
 from tuner.tracking.buffered import BufferedTracker
 from tuner.tracking.client import check_access
 
 log = logging.getLogger("petl_sweep")
+
+#: How long the driver waits for something to happen before it looks at signals and MLflow
+TICK_S = 0.5
 
 
 @dataclass
@@ -49,6 +53,8 @@ class SweepResult:
     finals: list[FinalResult] = field(default_factory=list)
     reused_studies: int = 0
     reused_finals: int = 0
+    #: Runs an earlier driver left RUNNING that this run ended as KILLED/lost
+    stale_closed: int = 0
     wall_s: float = 0.0
     #: When the sweep started (epoch seconds) and how many trials fit at once
     started_at: float = 0.0
@@ -63,62 +69,28 @@ class SweepResult:
         return [t for s in self.studies.values() for t in s.trials]
 
 
-def init_ray(cfg: SweepConfig) -> None:
+def init_ray(cfg: SweepConfig) -> bool:
+    """Join the configured cluster, or start a local Ray on loopback; True if started here."""
     if ray.is_initialized():
-        return
+        return False
     # Inside a Ray job (``ray job submit`` / RayJob) RAY_ADDRESS names the cluster to join.
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=False)
-    else:
-        with loopback_only():
-            ray.init(
-                num_cpus=cfg.ray.num_cpus,
-                include_dashboard=False,
-                log_to_driver=False,
-            )
-
-
-@contextlib.contextmanager
-def loopback_only() -> Iterator[None]:
-    """Start a local Ray that listens on 127.0.0.1 only.
-
-    Ray 2.60's gRPC servers (GCS, raylet, workers) bind every interface and its agents the
-    machine's address, token auth or not. The one switch that keeps them all on loopback is
-    Ray's single-machine mode (what it uses on macOS/Windows): the node address becomes
-    127.0.0.1 and every process it starts binds that. Only the start needs it; the switch is
-    put back so a later ``ray.init(address=...)`` in this process joins clusters as usual."""
-    before = ray_constants.ENABLE_RAY_CLUSTER
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
-        yield
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = before
-
-
-def finished_study(tracker: Any, study: StudySpec, resume: bool = False) -> StudySummary | None:
-    """The summary of an identical study already finished in MLflow, if any."""
-    runs = ray.get(tracker.find.remote({"study_hash": study.hash, "stage": "tune"}))
-    parents = [r for r in runs if PARENT_RUN_TAG not in r["tags"]]
-    if not parents:
-        if not resume:  # a resumed study continues its RUNNING runs instead
-            ray.get(tracker.mark_stale.remote({"study_hash": study.hash}))
-            # its trial and final runs carry the study key, not the hash
-            ray.get(tracker.mark_stale.remote({"study": study.key}))
-        return None
-    return StudySummary.from_json(
-        ray.get(tracker.load_dict.remote(parents[0]["run_id"], "summary.json"))
-    )
+        return False
+    with loopback_only():
+        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=False)
+    return True
 
 
 def on_driver_node() -> NodeAffinitySchedulingStrategy:
-    """Pin to the driver's node: the tracker, the progress board and the study loops hold a
-    sweep's bookkeeping, and on a worker node they would die with it. Trials and final
+    """Pin to the driver's node: the tracker, the board, the event queue and the tuning task
+    hold a sweep's bookkeeping, and on a worker node they would die with it. Trials and final
     retrains run anywhere and are retried from their checkpoints when a node is lost."""
     return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
 
 
-def start_tracker(cfg: SweepConfig, resume: bool = False) -> Any:
+def start_tracker(cfg: SweepConfig) -> Any:
     """The sweep's one tracker actor (every MLflow write goes through it), on the driver's
     node, journaling to ``out_dir/.tracking-journal/<name>`` while MLflow is away."""
     return (
@@ -128,45 +100,92 @@ def start_tracker(cfg: SweepConfig, resume: bool = False) -> Any:
             cfg.tracking_uri,
             cfg.experiment,
             cfg.artifact_root,
-            resume=resume,
             journal=Path(cfg.out_dir).resolve() / ".tracking-journal" / cfg.name,
         )
     )
 
 
 class SweepRun:
-    """The driver's state of one sweep: studies in flight, final runs in flight, results."""
+    """The driver's state of one sweep: what it is owed, what is in flight, the results."""
 
     def __init__(self, cfg: SweepConfig, studies: list[StudySpec], datasets: dict, resume: bool):
-        self.cfg, self.datasets, self.resume = cfg, datasets, resume
+        self.cfg, self.datasets = cfg, datasets
         here = on_driver_node()
-        self.tracker = start_tracker(cfg, resume)
+        self.tracker = start_tracker(cfg)
         self.tracking_down, self.last_check, self.outages_seen = False, 0.0, 0
-        self.notify: Callable[[str], None] | None = None
+        self.notify: Callable[[str], None] = lambda message: None
         self.board = (
             ray.remote(num_cpus=0)(ProgressBoard)
             .options(name=actor_name(cfg.name, "board"), scheduling_strategy=here)
             .remote([s.key for s in studies], cfg.tune.num_samples)
         )
+        self.events = start_events(cfg.name, here)
         self.tune_task = ray.remote(num_cpus=0, max_retries=0)(run_shared).options(
             scheduling_strategy=here
         )
         self.final_task = ray.remote(max_retries=1)(run_final).options(
             num_cpus=cfg.resources.cpus_per_trial, num_gpus=cfg.resources.gpus_per_trial
         )
-        self.queue: list[StudySpec] = []
-        #: the shared Ray Tune run while it runs, and the studies it still owes an end
-        self.tuning: Any = None
-        self.owed: dict[str, StudySpec] = {}
-        self.finals: dict[Any, tuple[str, str]] = {}
         self.result = SweepResult()
-        for study in studies:
-            cached = finished_study(self.tracker, study, resume)
-            if cached is None:
-                self.queue.append(study)
+        plan = reconcile(cfg, studies, self.tracker, resume)
+        self.finished_finals = plan.finished_finals
+        if plan.stale:
+            self.result.stale_closed = ray.get(
+                self.tracker.end_runs.remote(plan.stale, "KILLED", {"outcome": "lost"})
+            )
+        # before the tuning task starts: its calls to the tracker must find these runs
+        ray.get([self.tracker.adopt.remote(key, *run) for key, run in plan.adopt.items()])
+        #: the studies the tuning task owes an event, by key
+        self.owed: dict[str, StudySpec] = {s.key: s for s in plan.queue}
+        self.tuning: Any = None
+        if plan.queue:
+            self.tuning = self.tune_task.remote(cfg, plan.queue, resume, plan.adopted_trials)
+        self.next_events = self.events.next_events.remote(TICK_S)
+        self.finals: dict[Any, tuple[str, str]] = {}
+        for summary in plan.reuse.values():
+            self.result.reused_studies += 1
+            self.study_done(summary, cached=True)
+
+    # -- one event at a time --------------------------------------------------------------
+    def step(self) -> None:
+        """Wait for the next thing to happen (an event, a final run, the tuning task's end)
+        and handle it."""
+        waiting = [self.next_events, *self.finals] + ([self.tuning] if self.tuning else [])
+        ready, _ = ray.wait(waiting, num_returns=1, timeout=TICK_S)
+        for ref in ready:
+            if ref is self.next_events:
+                for event in ray.get(ref):
+                    self.handle(event)
+                self.next_events = self.events.next_events.remote(TICK_S)
+            elif ref is self.tuning:
+                self.tuning_done(ref)
             else:
-                self.result.reused_studies += 1
-                self.study_done(cached, cached=True)
+                self.final_done(ref)
+
+    def handle(self, event: StudyEvent) -> None:
+        study = self.owed.pop(event.study, None)
+        if study is None:  # announced again by a restored run, or not this run's to tune
+            return
+        if isinstance(event, StudyEnded):
+            self.study_done(event.summary, cached=False)
+        else:
+            self.study_failed(study, event.reason, event.detail)
+
+    def tuning_done(self, ref: Any) -> None:
+        """The tuning task returned: take its last events, fail what it never announced."""
+        self.tuning = None
+        try:
+            outcome: TuningOutcome = ray.get(ref)
+            reason = "the tuning run ended before this study finished"
+        except Exception as err:  # the shared run itself failed: its open studies too
+            outcome, reason = TuningOutcome(), f"the tuning run failed: {first_line(err)}"
+        for event in ray.get(self.events.next_events.remote(0.0)):
+            self.handle(event)
+        if outcome.interrupted:
+            return
+        for study in list(self.owed.values()):
+            self.owed.pop(study.key)
+            self.study_failed(study, reason, reason)
 
     def study_done(self, summary: StudySummary, cached: bool) -> None:
         """Record a study and start its final retrains (those not already in MLflow)."""
@@ -175,25 +194,23 @@ class SweepRun:
             self.result.failed[summary.study] = summary.error or "no result"
             self.board.update.remote(summary.study, status="no result")
             return
+        pending = False
         for i in range(self.cfg.final.seeds):
             key = final_hash(self.cfg, summary, i)
-            if ray.get(self.tracker.find.remote({"final_hash": key})):
+            if key in self.finished_finals:
                 self.result.reused_finals += 1
                 continue
             self.finals[self.final_task.remote(self.cfg, summary, i)] = (summary.study, key)
-        pending = any(study == summary.study for study, _ in self.finals.values())
-        if cached:
-            self.board.trial_result.remote(summary.study, summary.best.val_acc)
+            pending = True
         status = ("cached" if cached else "final") if pending else "done"
-        self.board.update.remote(summary.study, status=status)
+        self.board.update.remote(summary.study, status=status, best=summary.best.val_acc)
 
     def study_failed(self, study: StudySpec, reason: str, detail: str) -> None:
         """A study that could not start (or whose run ended without it): FAILED in MLflow
-        with its error, its leftover runs ended as lost, the other studies unaffected."""
+        with its error, the other studies unaffected."""
         self.result.failed[study.key] = reason
-        tags = {**study_tags(self.cfg, study), "study_hash": study.hash}
+        tags = study_run_tags(self.cfg, study)
         ray.get(self.tracker.fail_run.remote(study.key, study.key, tags, reason, detail))
-        ray.get(self.tracker.mark_stale.remote({"study": study.key, "sweep": self.cfg.name}))
         self.board.update.remote(study.key, status="failed")
 
     def final_done(self, ref: Any) -> None:
@@ -207,52 +224,53 @@ class SweepRun:
         result.final_hash = key
         log_final(self.cfg, self.tracker, result, self.datasets[result.spec.task])
         self.result.finals.append(result)
+        self.finished_finals.add(key)
         seeds = [r.test_acc for r in self.result.finals if r.study == study_key]
         left = any(study == study_key for study, _ in self.finals.values())
         self.board.update.remote(
             study_key, final=sum(seeds) / len(seeds), status="final" if left else "done"
         )
 
-    def step(self) -> None:
-        """Start the shared run once, take the studies it ended, handle one finished task."""
-        if self.queue:
-            self.owed = {study.key: study for study in self.queue}
-            self.tuning = self.tune_task.remote(self.cfg, self.queue, self.resume)
-            self.queue = []
-        self.take_posts()
-        pending = ([self.tuning] if self.tuning is not None else []) + list(self.finals)
-        ready, _ = ray.wait(pending, num_returns=1, timeout=0.5)
-        for ref in ready:
-            if ref is not self.tuning:
-                self.final_done(ref)
-                continue
-            self.tuning = None
-            try:
-                leftovers = ray.get(ref)
-            except Exception as err:  # the shared run itself failed: its open studies too
-                leftovers, reason = [], f"the tuning run failed: {first_line(err)}"
-            else:
-                reason = "the tuning run ended before this study started"
-            self.take_posts()
-            for data in leftovers:
-                self.posted_done(data)
-            for study in list(self.owed.values()):
-                self.owed.pop(study.key)
-                self.study_failed(study, reason, reason)
+    # -- stopping early -------------------------------------------------------------------
+    def interrupt(self, stop: StopRequest) -> SweepInterrupted:
+        """The clean stop: trials checkpoint (within ``tune.stop_grace_s``), Ray Tune saves
+        its state, in-flight finals are cancelled, open runs end KILLED/interrupted."""
+        assert stop.signum is not None
+        self.notify(
+            f"{stop.signal_name}: stopping; running trials checkpoint first "
+            f"(up to {self.cfg.tune.stop_grace_s:.0f} s; press Ctrl-C again to skip)"
+        )
+        ray.get(self.events.request_stop.remote())
+        counts = ray.get(self.board.snapshot.remote())["rows"]
+        running = running_trials(counts)
+        deadline = time.monotonic() + self.cfg.tune.stop_grace_s
+        while (
+            self.tuning is not None
+            and not stop.forced
+            and time.monotonic() < deadline
+            and ray.get(self.events.parked.remote()) < running
+        ):
+            time.sleep(0.2)
+        if self.tuning is not None:
+            pid = ray.get(self.events.tuner_pid.remote())
+            if not pid or not interrupt_tuner(pid):
+                ray.cancel(self.tuning, force=True)
+            ready, _ = ray.wait([self.tuning], timeout=0 if stop.forced else 60)
+            if not ready:
+                ray.cancel(self.tuning, force=True)
+        for ref in self.finals:
+            ray.cancel(ref, force=True)
+        closed = ray.get(self.tracker.end_open.remote("KILLED", {"outcome": "interrupted"}))
+        rows = ray.get(self.board.snapshot.remote())["rows"]
+        return SweepInterrupted(
+            signum=stop.signum,
+            trials_kept=sum(r["done"] for r in rows.values()),
+            trials_interrupted=running_trials(rows),
+            runs_closed=closed,
+            finals_cancelled=len(self.finals),
+        )
 
-    def take_posts(self) -> None:
-        """Studies the shared run ended (done or failed to start) since the last look."""
-        for kind, payload in ray.get(self.board.take.remote()):
-            if kind == "done":
-                self.posted_done(payload)
-            elif payload[0] in self.owed:
-                key, reason, detail = payload
-                self.study_failed(self.owed.pop(key), reason, detail)
-
-    def posted_done(self, data: dict[str, Any]) -> None:
-        if self.owed.pop(data["study"], None) is not None:
-            self.study_done(StudySummary.from_json(data), cached=False)
-
+    # -- MLflow's health, for the user ----------------------------------------------------
     def watch_tracking(self) -> None:
         """Say once when MLflow goes away and once when it is back (checked every 5 s).
 
@@ -267,12 +285,11 @@ class SweepRun:
         )
         for message in messages:
             log.warning(message)
-            if self.notify is not None:
-                self.notify(message)
+            self.notify(message)
 
     @property
     def busy(self) -> bool:
-        return bool(self.queue or self.tuning is not None or self.finals)
+        return bool(self.tuning is not None or self.finals)
 
     def snapshot(self) -> dict[str, Any]:
         return ray.get(self.board.snapshot.remote())
@@ -302,16 +319,44 @@ def run_sweep(
     resume: bool = False,
     notify: Callable[[str], None] | None = None,
 ) -> SweepResult:
-    """Run every study and its final retrains; returns study summaries and final results."""
+    """Run every study and its final retrains; returns study summaries and final results.
+
+    Raises ``SweepInterrupted`` after a clean stop on SIGINT/SIGTERM."""
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
     datasets = prepare_data(cfg)
     check_backbone(cfg)
     check_access(cfg.tracking_uri)
-    init_ray(cfg)
+    local = init_ray(cfg)
+    stop = StopRequest().install()  # after ray.init: ours replace Ray's native handlers
+    try:
+        return _drive(cfg, datasets, resume, on_tick, notify or (lambda message: None), stop)
+    finally:
+        stop.restore()
+        if local and stop.requested:
+            ray.shutdown()
+
+
+def _drive(
+    cfg: SweepConfig,
+    datasets: dict,
+    resume: bool,
+    on_tick: Callable[[dict[str, Any]], None] | None,
+    notify: Callable[[str], None],
+    stop: StopRequest,
+) -> SweepResult:
     started = time.time()
     sweep = SweepRun(cfg, planned_studies(cfg, datasets), datasets, resume)
-    sweep.notify = notify  # one-line warnings for the user (MLflow down / back)
+    sweep.notify = notify
+    if sweep.result.stale_closed:
+        notify(
+            f"closed {sweep.result.stale_closed} run(s) an earlier run of {cfg.name} left "
+            "RUNNING as KILLED/lost (use --resume to continue them instead)"
+        )
     while sweep.busy:
+        if stop.requested:
+            interrupted = sweep.interrupt(stop)
+            ray.get(sweep.tracker.close.remote())
+            raise interrupted
         sweep.step()
         sweep.watch_tracking()
         if on_tick is not None:

@@ -158,7 +158,7 @@ def study_hash(cfg: SweepConfig, study: StudySpec) -> str:
         "backbone": resolve_backbone(cfg.backbone),
         "seed": cfg.seed,
         "study_seed": study.seed,
-        "tune": cfg.tune.model_dump(),
+        "tune": cfg.tune.model_dump(exclude=cfg.tune.RESULT_NEUTRAL),
         "train": cfg.train.model_dump(),
         "space": cfg.search.space,
         "warm_start": cfg.search.warm_start,

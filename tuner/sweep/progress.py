@@ -1,9 +1,12 @@
-"""Live progress of a sweep: a small state board and its rich rendering.
+"""Live progress of a sweep: a small board of counts and its rich rendering. Display only.
 
-The board is plain Python; the sweep runs it as a Ray actor that trial callbacks update
-and the driver polls, so the display works the same on one machine or a cluster. It is
-also the shared run's mailbox to the driver: finished studies and studies that failed to
-start are posted here, and the driver takes them to start final retrains.
+The board is plain Python; the sweep runs it as a Ray actor that the trial logger updates
+and the driver polls, so the display works the same on one machine or a cluster. Nothing
+reads it to decide anything (a study's end travels as an event, ``tuner.sweep.events``).
+
+Its "best val/acc" is the selection metric, the final-epoch val accuracy of trials that ran
+every epoch, so the live table shows the number the study will be judged by. With hundreds
+of studies the table shows the active ones and a totals line, not a row per study.
 """
 
 from __future__ import annotations
@@ -13,6 +16,10 @@ from typing import Any
 
 from rich.table import Table
 
+#: Rows shown at most; the others are summed up in the title
+MAX_ROWS = 20
+ACTIVE = ("tuning", "final", "cached")
+
 
 class ProgressBoard:
     """Counts per study: trials started/finished/stopped early/diverged, best val acc."""
@@ -20,8 +27,6 @@ class ProgressBoard:
     def __init__(self, studies: list[str], num_samples: int) -> None:
         self.start = time.time()
         self.num_samples = num_samples
-        self.mailbox: list[tuple[str, Any]] = []
-        self.posted_keys: set[str] = set()
         self.rows: dict[str, dict[str, Any]] = {
             s: {
                 "status": "queued",
@@ -41,57 +46,49 @@ class ProgressBoard:
     def trial_started(self, study: str) -> None:
         self.rows[study]["started"] += 1
 
-    def trial_result(self, study: str, val_acc: float) -> None:
-        best = self.rows[study]["best"]
-        if best is None or val_acc > best:
-            self.rows[study]["best"] = val_acc
-
-    def trial_done(self, study: str, outcome: str) -> None:
+    def trial_done(self, study: str, outcome: str, val_acc: float | None = None) -> None:
+        """A trial ended; ``val_acc`` (its final epoch's) counts only if it ran every epoch."""
         row = self.rows[study]
         row["done"] += 1
         if outcome == "stopped_early":
             row["early"] += 1
         elif outcome == "diverged":
             row["diverged"] += 1
-
-    def post(self, kind: str, payload: Any) -> None:
-        """A message for the driver (``done``: a study's summary; ``failed``: a study that
-        could not start), taken with ``take``."""
-        self.mailbox.append((kind, payload))
-        self.posted_keys.add(payload["study"] if kind == "done" else payload[0])
-
-    def posted(self) -> list[str]:
-        """Studies whose end (done or failed) was ever posted."""
-        return sorted(self.posted_keys)
-
-    def take(self) -> list[tuple[str, Any]]:
-        taken, self.mailbox = self.mailbox, []
-        return taken
+        elif outcome == "completed" and val_acc is not None:
+            row["best"] = val_acc if row["best"] is None else max(row["best"], val_acc)
 
     def snapshot(self) -> dict[str, Any]:
         return {"elapsed": time.time() - self.start, "rows": self.rows, "n": self.num_samples}
 
 
+def running_trials(rows: dict[str, dict[str, Any]]) -> int:
+    """Trials started and not yet ended, over every study of the board."""
+    return sum(r["started"] - r["done"] for r in rows.values())
+
+
 def render(snapshot: dict[str, Any], title: str) -> Table:
-    """A rich table of the board, one row per study."""
+    """A rich table of the board: every study while they are few, else the active ones."""
     rows = snapshot["rows"]
-    done = sum(r["status"] == "done" for r in rows.values())
+    counts: dict[str, int] = {}
+    for r in rows.values():
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    shown = rows if len(rows) <= MAX_ROWS else {
+        k: r for k, r in rows.items() if r["status"] in ACTIVE
+    }  # fmt: skip
+    totals = " · ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    trials = sum(r["done"] for r in rows.values())
+    hidden = len(shown) - MAX_ROWS
     table = Table(
-        title=f"{title} · studies {done}/{len(rows)} · {snapshot['elapsed']:.0f}s",
+        title=f"{title} · studies {counts.get('done', 0)}/{len(rows)} ({totals}) · "
+        f"{trials} trials ended, {running_trials(rows)} running · {snapshot['elapsed']:.0f}s"
+        + (f" · {hidden} more active not shown" if hidden > 0 else ""),
         title_justify="left",
     )
-    for col in (
-        "study",
-        "status",
-        "trials",
-        "ASHA-stopped",
-        "diverged",
-        "best val/acc",
-        "test/acc",
-    ):
+    for col in ("study", "status", "trials", "ASHA-stopped", "diverged",
+                "best val/acc (final epoch)", "test/acc"):  # fmt: skip
         left = col in ("study", "status")
         table.add_column(col, justify="left" if left else "right", no_wrap=col == "study")
-    for name, r in rows.items():
+    for name, r in list(shown.items())[:MAX_ROWS]:
         best = "" if r["best"] is None else f"{r['best']:.3f}"
         final = "" if r["final"] is None else f"{r['final']:.3f}"
         table.add_row(

@@ -2,17 +2,18 @@
 
 ``run_shared`` is the body of one Ray task on the driver's node. It builds the ``Tuner``
 (``tuner.sweep.multiplex``'s searcher and scheduler, the sweep's trainable, the MLflow
-callback), runs it, and returns the summaries of studies whose end the callback did not
-already post (after a ``--resume``, studies whose trials all ended before the crash). Studies
-finished during the run reach the driver through the progress board as they end, so their
-final retrains start while later studies tune.
+logger), runs it, and returns a ``TuningOutcome``. Studies reach the driver only as events
+(``tuner.sweep.events``), each exactly once, as they end; their final retrains start while
+later studies tune. ``StudyLife`` is what the searcher calls to open, close and announce a
+study: the MLflow side of a study's life, in one picklable object.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import traceback
+import os
+from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -20,39 +21,52 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from tuner.config import SweepConfig
-from tuner.records import METRIC, PARENT_RUN_TAG, first_line
-from tuner.sweep.callbacks import MLflowTrialCallback, actor_name, finish_study
+from tuner.records import METRIC, StudySummary
+from tuner.sweep.callbacks import MLflowTrialCallback
 from tuner.sweep.checkpoints import CheckpointPolicy
-from tuner.sweep.multiplex import (
-    MultiStudyScheduler,
-    MultiStudySearcher,
-    Opened,
-    split_config,
-)
+from tuner.sweep.events import EventSink, actor_name
+from tuner.sweep.multiplex import Closing, MultiStudyScheduler, MultiStudySearcher, Opened
 from tuner.sweep.plan import StudySpec
 from tuner.sweep.specs import trial_spec
-from tuner.sweep.study import open_study, study_total
+from tuner.sweep.study import close_study, open_study, study_run_tags, study_total
 from tuner.sweep.trainable import sweep_trainable
 from tuner.sweep.utilisation import slots
 
 
-class StudyOpener:
-    """Opens the sweep's studies by key for the searcher; picklable (Ray Tune saves the
-    searcher with the experiment), so it finds the tracker and board by name."""
+class StudyLife:
+    """The searcher's ``StudyHooks``: opens, closes and announces the sweep's studies.
+    Picklable (Ray Tune saves the searcher with the experiment), so it finds the tracker,
+    board and event queue by name."""
 
     def __init__(self, cfg: SweepConfig, studies: dict[str, StudySpec]) -> None:
         self.cfg, self.studies = cfg, studies
+        self.emit = EventSink(cfg.name)
 
     def _actor(self, role: str) -> Any:
         return ray.get_actor(actor_name(self.cfg.name, role))
 
-    def __call__(self, key: str) -> Opened:
-        study = self.studies[key]
-        return open_study(self.cfg, study, self._actor("tracker"), self._actor("board"))
+    def open(self, key: str) -> Opened:
+        return open_study(self.cfg, self.studies[key], self._actor("tracker"), self._actor("board"))
 
-    def failed(self, key: str, error: BaseException) -> None:
-        detail = "".join(traceback.format_exception(error))
-        self._actor("board").post.remote("failed", (key, first_line(error), detail))
+    def close(self, closing: Closing) -> StudySummary:
+        return close_study(self.cfg, self.studies[closing.key], self._actor("tracker"), closing)
+
+    def reopen(self, key: str) -> None:
+        """After ``Tuner.restore``: the study's run continues, created anew if the store never
+        recorded it (the crash came before its first write reached MLflow)."""
+        tracker = self._actor("tracker")
+        study = self.studies[key]
+        ray.get(tracker.ensure_run.remote(key, key, study_run_tags(self.cfg, study)))
+        ray.get(tracker.set_tags.remote(key, {"resumed": "true"}))
+
+
+@dataclass(frozen=True)
+class TuningOutcome:
+    """How the tuning run ended: ``interrupted`` when the driver asked it to stop; ``lost``
+    the trial runs (adopted after a crash) that the restored experiment no longer knew."""
+
+    interrupted: bool = False
+    lost: int = 0
 
 
 def open_limits(cfg: SweepConfig, cluster: dict[str, float]) -> tuple[int, int]:
@@ -64,10 +78,10 @@ def open_limits(cfg: SweepConfig, cluster: dict[str, float]) -> tuple[int, int]:
     return per_study, math.ceil(slots(cfg, cluster) / per_study) + 1
 
 
-def _scheduler(cfg: SweepConfig) -> MultiStudyScheduler:
+def _make_scheduler(cfg: SweepConfig) -> Any:
     if not cfg.tune.early_stopping:
-        return MultiStudyScheduler(FIFOScheduler)
-    asha = functools.partial(
+        return FIFOScheduler
+    return functools.partial(
         ASHAScheduler,
         time_attr="training_iteration",
         metric=METRIC,
@@ -76,20 +90,21 @@ def _scheduler(cfg: SweepConfig) -> MultiStudyScheduler:
         grace_period=cfg.tune.grace_period,
         reduction_factor=cfg.tune.reduction_factor,
     )
-    return MultiStudyScheduler(asha)
 
 
 def new_tuner(cfg: SweepConfig, studies: dict[str, StudySpec], trainable: Any) -> tune.Tuner:
     per_study, max_open = open_limits(cfg, ray.cluster_resources())
-    opener = StudyOpener(cfg, studies)
     totals = {key: study_total(cfg, study) for key, study in studies.items()}
-    searcher = MultiStudySearcher(cfg.name, totals, opener, opener.failed, per_study, max_open)
+    fixed = {key: dict(study.fixed) for key, study in studies.items()}
+    searcher = MultiStudySearcher(
+        totals, StudyLife(cfg, studies), per_study, max_open, cfg.tune.max_epochs, fixed
+    )
     return tune.Tuner(
         trainable,
         param_space={},
         tune_config=tune.TuneConfig(
             search_alg=searcher,
-            scheduler=_scheduler(cfg),
+            scheduler=MultiStudyScheduler(_make_scheduler(cfg), searcher),
             num_samples=-1,  # the searcher says when every study has had its trials
             max_concurrent_trials=per_study * max_open,
             reuse_actors=True,  # one actor runs trial after trial, across studies
@@ -106,55 +121,47 @@ def new_tuner(cfg: SweepConfig, studies: dict[str, StudySpec], trainable: Any) -
     )
 
 
-def reattach(cfg: SweepConfig, studies: dict[str, StudySpec], tracker: Any) -> None:
-    """After a crash: point the tracker at each study's RUNNING run (the restored searcher
-    does not open a study twice) and mark it resumed."""
-    running = ray.get(tracker.find.remote({"sweep": cfg.name, "stage": "tune"}, "RUNNING"))
-    keys = {r["tags"].get("study") for r in running if PARENT_RUN_TAG not in r["tags"]}
-    for key in keys & set(studies):
-        ray.get(tracker.start_run.remote(key, key, {}))  # resume mode: finds, not creates
-        ray.get(tracker.set_tags.remote(key, {"resumed": "true"}))
+def run_shared(
+    cfg: SweepConfig,
+    queue: list[StudySpec],
+    restore: bool = False,
+    adopted_trials: dict[str, str] | None = None,
+) -> TuningOutcome:
+    """Tune every study in ``queue`` in one Ray Tune run.
 
-
-def run_shared(cfg: SweepConfig, queue: list[StudySpec], resume: bool = False) -> list[dict]:
-    """Tune every study in ``queue`` in one Ray Tune run; returns the summaries (JSON) of
-    studies not already posted to the board.
-
-    ``resume``: continue the sweep's interrupted Ray Tune run (``Tuner.restore``) when its
+    ``restore``: continue the sweep's interrupted Ray Tune run (``Tuner.restore``) when its
     state is in ``storage_path``: finished trials stay finished, unfinished and errored ones
-    continue from their last checkpoints, every study's searcher and ASHA come back."""
+    continue from their last checkpoints, every study's searcher and ASHA come back.
+    ``adopted_trials``: trial id → run key of the RUNNING trial runs the driver adopted; those
+    the restored experiment never heard of are ended as KILLED/lost."""
+    # Ray Tune saves trial statuses and the searcher at most this often; a crash loses the
+    # trials that ended since the last save (they run again on --resume).
+    os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = str(cfg.tune.state_save_s)
+    events = ray.get_actor(actor_name(cfg.name, "events"))
+    ray.get(events.set_tuner_pid.remote(os.getpid()))  # where the driver sends its stop
     studies = {s.key: s for s in queue}
-    tracker = ray.get_actor(actor_name(cfg.name, "tracker"))
-    board = ray.get_actor(actor_name(cfg.name, "board"))
     specs = {k: trial_spec(cfg, s.task, s.method, dict(s.fixed), "tune", cfg.seed)
              for k, s in studies.items()}  # fmt: skip
     policy = CheckpointPolicy(cfg.tune.checkpoint_every, cfg.tune.checkpoint_interval_s)
     trainable = tune.with_resources(
-        sweep_trainable(specs, policy, f"trial_{cfg.name}"),
+        sweep_trainable(specs, policy, f"trial_{cfg.name}", cfg.name),
         {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial},
     )
     experiment = f"{cfg.storage_path.rstrip('/')}/{cfg.name}"
-    if resume and tune.Tuner.can_restore(experiment):
-        reattach(cfg, studies, tracker)
+    if restore and tune.Tuner.can_restore(experiment):
         tuner = tune.Tuner.restore(
             experiment, trainable, resume_unfinished=True, resume_errored=True
         )
     else:
         tuner = new_tuner(cfg, studies, trainable)
     results = tuner.fit()
-    rows: dict[str, list] = {key: [] for key in studies}
-    for res in results:
-        key, _, _ = split_config(res.config or {})
-        trial_id = (res.metrics or {}).get("trial_id", "")
-        if key in rows:
-            error = str(res.error) if res.error else ""
-            rows[key].append((trial_id, res.config or {}, res.metrics or {}, error))
-    if resume:
-        for key, trials in rows.items():
-            ray.get(tracker.end_lost_trials.remote(key, {t[0] for t in trials}))
-    posted = set(ray.get(board.posted.remote()))  # after every earlier post, in order
-    return [
-        finish_study(cfg, studies[key], tracker, trials).to_json()
-        for key, trials in rows.items()
-        if key not in posted
-    ]
+    interrupted = bool(ray.get(events.stopping.remote()))
+    lost = 0
+    if adopted_trials and not interrupted:
+        known = {(r.metrics or {}).get("trial_id") for r in results}
+        tracker = ray.get_actor(actor_name(cfg.name, "tracker"))
+        for trial_id, key in adopted_trials.items():
+            if trial_id not in known:
+                ray.get(tracker.end_run.remote(key, "KILLED", {"outcome": "lost"}))
+                lost += 1
+    return TuningOutcome(interrupted=interrupted, lost=lost)

@@ -5,7 +5,8 @@ Each (task, method) is its own study with its own equal budget, its own seeded T
 Tune run (``tuner.sweep.shared_run``). ``open_study`` starts the study when its first trial
 is due: its MLflow run, warm-start points, searcher, and, for a method with a ``prepare``
 pass (SPT's sensitivity), that pass once, on a trial-sized slot; every trial and final run
-then reuses its artifact. ``close_study`` turns its finished trials into a ``StudySummary``.
+then reuses its artifact. ``close_study`` turns its finished trials (as the searcher recorded
+them, ``tuner.sweep.multiplex``) into a ``StudySummary``, logged and ended in MLflow.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from ray import tune
 from tuner import methods
 from tuner.backbones import resolve_backbone
 from tuner.config import SweepConfig
-from tuner.records import METRIC, StudySummary, TrialRecord, first_line, trial_outcome, variant_tag
-from tuner.sweep.multiplex import Opened, split_config
+from tuner.records import METRIC, StudySummary, TrialRecord, variant_tag
+from tuner.sweep.multiplex import Closing, Opened
 from tuner.sweep.plan import StudySpec
 from tuner.sweep.searcher import tpe_searcher
 from tuner.sweep.spaces import Domain, grid_points
@@ -142,23 +143,12 @@ def study_total(cfg: SweepConfig, study: StudySpec) -> int:
     return cfg.tune.num_samples
 
 
-def open_study(
-    cfg: SweepConfig, study: StudySpec, tracker: Any, board: Any, resume: bool = False
-) -> Opened:
+def open_study(cfg: SweepConfig, study: StudySpec, tracker: Any, board: Any) -> Opened:
     """Start the study: its MLflow run, its searcher (warm-started on request) or grid, and
     its prepare pass. Raises if any of it fails (the sweep then marks the study FAILED)."""
     grid = cfg.grid_search
-    params = {
-        "search.space": cfg.search.space,
-        "search.sampler": "grid" if grid else "tpe",
-        "search.num_samples": cfg.tune.num_samples,
-        "search.seed": study.seed,
-        **{f"fixed.{k}": v for k, v in study.fixed.items()},
-    }
-    tags = {**study_tags(cfg, study), "study_hash": study.hash}
-    ray.get(tracker.start_run.remote(study.key, study.key, tags, params=params))
-    if resume:
-        ray.get(tracker.set_tags.remote(study.key, {"resumed": "true"}))
+    ray.get(tracker.start_run.remote(study.key, study.key, study_run_tags(cfg, study),
+                                     params=study_params(cfg, study)))  # fmt: skip
     tracker.log_dataset.remote(study.key, study.dataset, "tune")
     board.update.remote(study.key, status="tuning")
     searched = searched_space(study)
@@ -180,52 +170,39 @@ def open_study(
     return opened
 
 
-def trial_records(
-    rows: list[tuple[str, dict[str, Any], dict[str, Any], str]], max_epochs: int, fixed: dict
-) -> list[TrialRecord]:
-    """Records of a study's trials from (trial id, config, last result, error) rows."""
-    records = []
-    for index, (trial_id, config, last, error) in enumerate(rows):
-        last = last or {}
-        records.append(
-            TrialRecord(
-                index=index,
-                trial_id=trial_id,
-                config={**fixed, **split_config(config)[2]},
-                epochs=int(last.get("training_iteration", 0)),
-                val_acc=float(last.get(METRIC, 0.0)),
-                trainable_params=int(last.get("trainable_params", 0)),
-                outcome="error" if error else trial_outcome(last, max_epochs),
-                error=first_line(error) if error else "",
-            )
-        )
-    return records
+def study_run_tags(cfg: SweepConfig, study: StudySpec) -> dict[str, str]:
+    """The tags of a study's own (parent) run: its trials' tags and its content hash."""
+    return {**study_tags(cfg, study), "study_hash": study.hash}
+
+
+def study_params(cfg: SweepConfig, study: StudySpec) -> dict[str, Any]:
+    return {
+        "search.space": cfg.search.space,
+        "search.sampler": "grid" if cfg.grid_search else "tpe",
+        "search.num_samples": cfg.tune.num_samples,
+        "search.seed": study.seed,
+        **{f"fixed.{k}": v for k, v in study.fixed.items()},
+    }
 
 
 def close_study(
-    cfg: SweepConfig,
-    study: StudySpec,
-    tracker: Any,
-    trials: list[TrialRecord],
-    times: tuple[float, float],
-    optuna_states: dict[str, int],
-    prepared_uri: str | None,
+    cfg: SweepConfig, study: StudySpec, tracker: Any, closing: Closing
 ) -> StudySummary:
     """The study's summary (best trial by final-epoch val accuracy), logged and ended in
-    MLflow. ``times``: (setup seconds, tuning wall seconds)."""
-    best = select_best(trials, cfg.tune.max_epochs)
+    MLflow."""
+    best = select_best(closing.trials, cfg.tune.max_epochs)
     summary = StudySummary(
         study=study.key,
         task=study.task,
         method=study.method,
-        trials=trials,
+        trials=closing.trials,
         best=best,
-        wall_s=times[1],
+        wall_s=closing.wall_s,
         study_hash=study.hash,
-        optuna_states=optuna_states,
-        prepared_uri=prepared_uri,
-        error="" if best else no_result_reason(trials),
-        setup_s=times[0],
+        optuna_states=closing.optuna_states,
+        prepared_uri=closing.prepared_uri,
+        error="" if best else no_result_reason(closing.trials),
+        setup_s=closing.setup_s,
     )
     _log_summary(tracker, study.key, summary)
     return summary

@@ -20,8 +20,8 @@ import statistics
 from typing import Any
 
 from tuner.config import SweepConfig
-from tuner.records import PARENT_RUN_TAG
 from tuner.tracking.client import TrackingService
+from tuner.tracking.names import PARENT_RUN_TAG
 
 
 def slots(cfg: SweepConfig, cluster: dict[str, float]) -> int:

@@ -15,8 +15,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from tuner.records import METRIC, PARENT_RUN_TAG
+from tuner.records import METRIC
 from tuner.sweep.spaces import Domain
+from tuner.tracking.names import PARENT_RUN_TAG
 
 #: Tag on a trial run whose configuration came from another task's study.
 WARM_TAG = "warm_start"

@@ -49,8 +49,9 @@ class BufferedTracker:
     """``TrackingService``'s interface (what the sweep calls) with a write journal."""
 
     WRITES = (
-        "start_run", "log_params", "log_metrics", "set_tags", "end_run", "log_artifact_bytes",
-        "log_dataset", "log_dict", "fail_run", "mark_stale", "end_lost_trials",
+        "start_run", "ensure_run", "log_params", "log_metrics", "set_tags", "end_run",
+        "log_artifact_bytes", "log_dataset", "log_dict", "fail_run", "adopt", "end_open",
+        "end_runs",
     )  # fmt: skip
 
     def __init__(
@@ -162,6 +163,9 @@ class BufferedTracker:
 
     def find(self, tags: Mapping[str, str], status: str | None = "FINISHED") -> list[dict]:
         return self._read("find", tags, status)
+
+    def search(self, filter_string: str = "") -> list[dict]:
+        return self._read("search", filter_string)
 
     def load_dict(self, run_id: str, artifact_path: str) -> dict[str, Any]:
         return self._read("load_dict", run_id, artifact_path)

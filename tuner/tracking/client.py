@@ -25,7 +25,10 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
+from tuner.tracking.names import PARENT_RUN_TAG, RUN_KEY
+
 _MAX_PARAMS_PER_BATCH = 100
+assert PARENT_RUN_TAG == MLFLOW_PARENT_RUN_ID, "MLflow renamed its nesting tag"
 # Artifact downloads (leaderboard rebuilds) should not draw progress bars into sweep logs.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
@@ -36,8 +39,6 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 EXPERIMENT_KIND = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"
 
-#: Tag holding our key of a run (``task:method``, ``task:method/trial_id``): resume finds it.
-RUN_KEY = "petl.key"
 
 
 def fetch_artifact(uri: str, dest: Path) -> Path | None:
@@ -82,7 +83,6 @@ class TrackingService:
         experiment: str,
         artifact_root: str | None = None,
         create: bool = True,
-        resume: bool = False,
     ):
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.tracking_uri, self.experiment = tracking_uri, experiment
@@ -98,8 +98,8 @@ class TrackingService:
             if EXPERIMENT_KIND not in found.tags:  # older sweeps: open on the runs table too
                 self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
         self.runs: dict[str, str] = {}
-        #: Resuming: ``start_run`` continues a RUNNING run with the same key (crash leftover).
-        self.resume = resume
+        #: Keys of runs this client started or adopted and has not ended (for ``end_open``)
+        self.open: set[str] = set()
 
     # -- runs -----------------------------------------------------------------------------
     def start_run(
@@ -117,11 +117,6 @@ class TrackingService:
         retrain), so MLflow's Duration column and time axes show when it really ran.
         """
         all_tags = {MLFLOW_RUN_NAME: name, RUN_KEY: key, **{k: str(v) for k, v in tags.items()}}
-        if self.resume:
-            left = self.find({RUN_KEY: key}, status="RUNNING")
-            if left:
-                self.runs[key] = left[0]["run_id"]
-                return left[0]["run_id"]
         if parent is not None:
             all_tags[MLFLOW_PARENT_RUN_ID] = self.runs[parent]
         start_ms = None if start_time is None else int(start_time * 1000)
@@ -129,9 +124,24 @@ class TrackingService:
             self.experiment_id, start_time=start_ms, tags=all_tags, run_name=name
         )
         self.runs[key] = run.info.run_id
+        self.open.add(key)
         if params:
             self.log_params(key, params)
         return run.info.run_id
+
+    def ensure_run(
+        self,
+        key: str,
+        name: str,
+        tags: Mapping[str, Any],
+        params: Mapping[str, Any] | None = None,
+        parent: str | None = None,
+    ) -> str:
+        """The run ``key`` if this client already addresses it (adopted after a crash, or
+        started earlier in this sweep), else a new one: a resumed trial continues its run."""
+        if key in self.runs:
+            return self.runs[key]
+        return self.start_run(key, name, tags, params=params, parent=parent)
 
     def log_params(self, key: str, params: Mapping[str, Any]) -> None:
         flat = [Param(k, str(v)) for k, v in flatten(params).items()]
@@ -166,10 +176,30 @@ class TrackingService:
             self.set_tags(key, tags)
         end_ms = None if end_time is None else int(end_time * 1000)
         self.client.set_terminated(self.runs[key], status=status, end_time=end_ms)
+        self.open.discard(key)
 
-    def adopt(self, key: str, run_id: str) -> None:
-        """Address an existing run (found by ``find``) by ``key`` from now on."""
+    def adopt(self, key: str, run_id: str, status: str = "RUNNING") -> None:
+        """Address an existing run (found by a search) by ``key`` from now on; a run that an
+        interruption ended (``KILLED``) is set RUNNING again, since it continues."""
         self.runs[key] = run_id
+        self.open.add(key)
+        if status != "RUNNING":
+            self.client.update_run(run_id, status="RUNNING")
+
+    def end_open(self, status: str, tags: Mapping[str, Any]) -> int:
+        """End every run this client started or adopted and has not ended (an interrupted
+        sweep: ``KILLED``, ``outcome=interrupted``); returns how many."""
+        ended = sorted(self.open)
+        for key in ended:
+            self.end_run(key, status, tags)
+        return len(ended)
+
+    def end_runs(self, run_ids: list[str], status: str, tags: Mapping[str, Any]) -> int:
+        """End runs by id (leftovers of an earlier driver, found by a search)."""
+        for run_id in run_ids:
+            self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+            self.client.set_terminated(run_id, status=status)
+        return len(run_ids)
 
     def log_artifact(self, key: str, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.runs[key], str(path), artifact_path)
@@ -266,15 +296,6 @@ class TrackingService:
         with tempfile.TemporaryDirectory() as tmp:
             return json.loads(self.download(run_id, artifact_path, Path(tmp)).read_text())
 
-    def mark_stale(self, tags: Mapping[str, str]) -> int:
-        """End RUNNING runs with these tags (left by a crashed sweep) as KILLED, tagged
-        ``outcome=lost`` so their device-hours are told apart from useful work."""
-        stale = self.find(tags, status="RUNNING")
-        for run in stale:
-            self.client.set_tag(run["run_id"], "outcome", "lost")
-            self.client.set_terminated(run["run_id"], status="KILLED")
-        return len(stale)
-
     def fail_run(
         self, key: str, name: str, tags: Mapping[str, Any], error: str, detail: str
     ) -> str:
@@ -285,21 +306,8 @@ class TrackingService:
             self.start_run(key, name, tags)
         self.set_tags(key, {"error": error[:500], "outcome": "failed"})
         self.log_artifact_bytes(key, "error.txt", detail.encode())
-        self.client.set_terminated(self.runs[key], status="FAILED")
+        self.end_run(key, "FAILED")
         return self.runs[key]
-
-    def end_lost_trials(self, study: str, kept: set[str]) -> int:
-        """After a resume: end trial runs the restored experiment does not know (a trial
-        started just before the crash, before Ray Tune saved its state) as KILLED/lost."""
-        lost = [
-            run
-            for run in self.find({"study": study, "stage": "tune"}, status="RUNNING")
-            if run["tags"].get("trial_id") and run["tags"]["trial_id"] not in kept
-        ]
-        for run in lost:
-            self.client.set_tag(run["run_id"], "outcome", "lost")
-            self.client.set_terminated(run["run_id"], status="KILLED")
-        return len(lost)
 
     def metric_history(self, run_id: str, name: str) -> list[tuple[int, float]]:
         return [(m.step, m.value) for m in self.client.get_metric_history(run_id, name)]

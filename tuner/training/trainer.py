@@ -4,8 +4,10 @@ Knows nothing of Ray, Optuna or MLflow, nor of any one method: ``Trainer.epochs(
 metrics dict per epoch and ``state_dict``/``load_state_dict`` make it resumable, which is all
 a tuner needs. A method that needs a pass over the data first (SPT) gets it through its own
 ``prepare`` hook. The
-recipe follows the seed studies: AdamW, linear warm-up then cosine decay per step, no
-augmentation, label smoothing off by default. On a GPU it trains in bf16 autocast.
+recipe follows the seed studies: AdamW, linear warm-up then cosine decay, no augmentation,
+label smoothing off by default. The schedule steps per optimiser step
+(``lr_schedule: step``) or, as the studies' timm scheduler does, once per epoch
+(``lr_schedule: epoch``). On a GPU it trains in bf16 autocast.
 
 A non-finite loss ends training as *diverged*: the epoch's metrics are still returned
 (``diverged = 1``, ``val/acc = 0``) so a sweep records the trial instead of crashing.

@@ -1,0 +1,115 @@
+"""Ctrl-C and SIGTERM stop a real sweep cleanly, and ``--resume`` finishes it as if never
+stopped.
+
+A terminal's Ctrl-C sends SIGINT to the whole foreground process group; Kubernetes and CI
+send SIGTERM to the process. Each is sent to a real ``petl-sweep run`` once a trial has
+finished. The sweep must exit 130 / 143 (never an abort), name the ``--resume`` command,
+leave no MLflow run RUNNING and no process behind; ``--resume`` must then give the same
+leaderboard (chosen configurations and test accuracies) as a run never interrupted, with
+``max_concurrent_trials: 1`` so that TPE sees the same history.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import yaml
+from _sweep_helpers import BIN, processes_with, run_statuses, start_sweep, wait_for_finished_trials
+from mlflow.tracking import MlflowClient
+
+SWEEP = {
+    "tasks": ["synth/count"],
+    "methods": ["lora"],
+    "tune": {"num_samples": 3, "max_epochs": 3, "grace_period": 3, "max_concurrent_trials": 1},
+    "final": {"seeds": 1},
+    "ray": {"num_cpus": 2},
+}
+
+
+def _sweep(root, name: str) -> tuple[list[str], os.PathLike]:
+    path = root / f"{name}.yaml"
+    data = {**SWEEP, "name": name, "data_root": str(root / "data"),
+            "out_dir": str(root / name)}  # fmt: skip
+    path.write_text(yaml.safe_dump(data))
+    return [str(BIN / "petl-sweep"), "run", str(path), "--no-progress"], root / name / "mlflow.db"
+
+
+def _outcome(db, name: str) -> dict[str, tuple[dict, float]]:
+    """(chosen configuration, test accuracy) per study: what the leaderboard is made of."""
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    experiment = client.get_experiment_by_name(name)
+    finals = client.search_runs([experiment.experiment_id], "tags.stage = 'final'")
+    return {
+        r.data.tags["study"]: (
+            {k: v for k, v in r.data.params.items() if k not in ("seed", "epochs")},
+            r.data.metrics["test/acc"],
+        )
+        for r in finals
+    }
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("signals")
+    cmd, db = _sweep(root, "never-stopped")
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:]
+    return root, _outcome(db, "never-stopped")
+
+
+def _stop_then_resume(root, sig: signal.Signals, whole_group: bool):
+    name = f"stopped-{sig.name.lower()}"
+    cmd, db = _sweep(root, name)
+    log = root / f"{name}.log"
+    marker = f"{name}-{time.time_ns()}"
+    proc = start_sweep(cmd, log, marker)
+    wait_for_finished_trials(proc, db, log, 1)
+    (os.killpg if whole_group else os.kill)(proc.pid, sig)
+    code = proc.wait(timeout=180)
+    time.sleep(2)  # what the sweep stopped has had time to exit
+    left = processes_with(marker)
+    stopped = log.read_text()
+    statuses = run_statuses(db)
+    resumed = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=600)
+    return code, stopped, statuses, left, resumed, _outcome(db, name)
+
+
+@pytest.fixture(scope="module", params=[("SIGINT", True), ("SIGTERM", False)], ids=str)
+def stopped(request, uninterrupted):
+    root, reference = uninterrupted
+    sig = signal.Signals[request.param[0]]
+    return (sig, *_stop_then_resume(root, sig, request.param[1]), reference)
+
+
+def test_the_sweep_exits_with_the_signals_code_and_never_aborts(stopped):
+    sig, code, output, *_ = stopped
+    assert code == {signal.SIGINT: 130, signal.SIGTERM: 143}[sig], output[-3000:]
+    assert "SIGTERM received at" not in output and "Aborted" not in output
+    assert f"Interrupted ({sig.name})" in output
+
+
+def test_the_message_gives_the_exact_resume_command(stopped):
+    _, _, output, *_ = stopped
+    assert "Continue with:" in output
+    command = output.split("Continue with:")[1].strip().splitlines()[0]
+    assert command.startswith("petl-sweep run ") and command.endswith(".yaml --resume")
+
+
+def test_no_run_is_left_running_and_no_process_is_left(stopped):
+    _, _, output, statuses, left, *_ = stopped
+    assert statuses and "RUNNING" not in statuses, output[-2000:]
+    assert "KILLED" in statuses  # the interrupted study and trial, to be continued
+    assert left == [], f"processes left behind: {left}"
+
+
+def test_resume_gives_the_leaderboard_of_a_sweep_never_stopped(stopped):
+    *_, resumed, outcome, reference = stopped
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-2000:]
+    assert set(outcome) == set(reference) == {"synth/count:lora"}
+    for study, (config, acc) in reference.items():
+        assert outcome[study][0] == config
+        assert outcome[study][1] == pytest.approx(acc, abs=1e-9)

@@ -1,0 +1,46 @@
+"""The two places the sweep leans on Ray behaviour that is not a documented API, kept here.
+
+Each has a test (``tests/test_ray_internals.py``) that fails loudly when a Ray upgrade
+moves it, instead of the sweep silently binding every interface or ignoring a stop.
+
+* ``loopback_only``: Ray 2.60's gRPC servers (GCS, raylet, workers) bind every interface
+  and its agents the machine's address, token auth or not. The one switch that keeps them
+  all on loopback is Ray's single-machine mode (what it uses on macOS/Windows):
+  ``ray._private.ray_constants.ENABLE_RAY_CLUSTER``. The node address becomes 127.0.0.1 and
+  every process it starts binds that. Only the start needs it; the switch is put back so a
+  later ``ray.init(address=...)`` in this process joins clusters as usual.
+* ``interrupt_tuner``: Ray Tune's loop (``tune.run``, under ``Tuner.fit``) stops gracefully
+  on SIGINT, and on SIGUSR1 when it runs in a process's main thread, as it does in the
+  sweep's tuning task: it saves the experiment state one last time (trials still RUNNING,
+  so ``Tuner.restore`` continues them) and returns. SIGINT is the driver's own (Ctrl-C), so
+  the driver sends the tuning task SIGUSR1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Iterator
+
+from ray._private import ray_constants
+
+
+@contextlib.contextmanager
+def loopback_only() -> Iterator[None]:
+    """Start a local Ray inside this block to have it listen on 127.0.0.1 only."""
+    before = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before
+
+
+def interrupt_tuner(pid: int) -> bool:
+    """Ask the Ray Tune loop running in process ``pid`` to save its state and return."""
+    try:
+        os.kill(pid, signal.SIGUSR1)
+    except ProcessLookupError:
+        return False
+    return True
