@@ -78,6 +78,24 @@ def test_only_transport_failures_are_buffered(tracker):
     assert transient(ConnectionError("refused")) and not transient(ValueError("bad param"))
 
 
+def test_what_is_transient_is_read_from_the_http_status_not_the_message():
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import (
+        INVALID_PARAMETER_VALUE,
+        REQUEST_LIMIT_EXCEEDED,
+        RESOURCE_DOES_NOT_EXIST,
+        TEMPORARILY_UNAVAILABLE,
+    )
+
+    assert transient(MlflowException("busy", error_code=TEMPORARILY_UNAVAILABLE))  # 503
+    assert transient(MlflowException("slow down", error_code=REQUEST_LIMIT_EXCEEDED))  # 429
+    assert transient(MlflowException("API request failed with exception: refused"))  # 500
+    # the words of an outage in a 4xx message do not make it one
+    timed_out = MlflowException("Connection timed out", error_code=INVALID_PARAMETER_VALUE)
+    assert not transient(timed_out)
+    assert not transient(MlflowException("no run", error_code=RESOURCE_DOES_NOT_EXIST))
+
+
 def test_an_outage_between_two_checks_is_still_reported():
     """The driver polls every few seconds; a short outage must not vanish between polls."""
     lines, seen, down = outage_news({"down": False, "outages": 1}, 0, False)

@@ -14,20 +14,18 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+
+from mlflow.exceptions import MlflowException
 
 from tuner.tracking.client import TrackingService
 
 log = logging.getLogger("petl_sweep.tracking")
 #: Largest journal (entries) before the sweep stops rather than risk losing more.
 MAX_PENDING = 200_000
-_TRANSIENT = re.compile(
-    r"failed with exception|error code (429|5\d\d)|Connection|timed out|Max retries", re.I
-)
 
 
 class TrackingError(RuntimeError):
@@ -35,14 +33,19 @@ class TrackingError(RuntimeError):
 
 
 def transient(err: BaseException) -> bool:
-    """A failure of the transport (retrying later may succeed), not of the request."""
+    """A failure of the transport or the server (retrying later may succeed), not of the
+    request: no connection, a timeout, or an HTTP status of 429 or 5xx. MLflow's client
+    retries such calls itself for minutes and then raises an ``MlflowException`` whose
+    status code (``get_http_status_code``) says which it was; 4xx (a bad request, a missing
+    run) are bugs, raised at once."""
     if isinstance(err, (ConnectionError, TimeoutError)):
         return True
     if type(err).__module__.split(".")[0] in ("requests", "urllib3"):
         return True
-    return type(err).__name__ in ("MlflowException", "RestException") and bool(
-        _TRANSIENT.search(str(err))
-    )
+    if isinstance(err, MlflowException):
+        status = err.get_http_status_code()
+        return status == 429 or status >= 500
+    return False
 
 
 class BufferedTracker:
