@@ -125,8 +125,14 @@ def test_describe_methods_lists_papers_and_hyper_parameters():
 def test_count_params_errors_name_the_bad_key_or_value():
     with pytest.raises(ValueError, match=r"unknown hyper-parameter 'rnak'.*rank"):
         count_params("lora", "vit_base_patch16_224", 10, {"rnak": "8"})
-    with pytest.raises(ValueError, match="rank='eight' is not a int"):
+    with pytest.raises(
+        ValueError, match="method 'lora': rank='eight': Input should be a valid int"
+    ):
         count_params("lora", "vit_base_patch16_224", 10, {"rank": "eight"})
+    # the typed config's bound, named with method, field and value
+    with pytest.raises(ValueError, match=r"method 'lora': rank=0: .*greater than or equal to 1"):
+        count_params("lora", "vit_base_patch16_224", 10, {"rank": 0})
+    assert count_params("lora", "vit_base_patch16_224", 10, {"rank": "4"})["hp"]["rank"] == 4
     with pytest.raises(ValueError, match="unknown backbone 'vit_nope'"):
         count_params("lora", "vit_nope", 10)
 

@@ -97,7 +97,7 @@ def test_structured_only_and_unstructured_only_allocate_only_their_kind(tiny_bac
     method.apply(model)
     wrapped = [m for m in model.modules() if isinstance(m, SPTLinear)]
     assert wrapped and all(m.sparse_index.numel() == 0 for m in wrapped)
-    with pytest.raises(ValueError, match="allocation_mode must be one of"):
+    with pytest.raises(ValueError, match="allocation_mode='half': Input should be 'both'"):
         methods.get("spt_lora", allocation_mode="half")
 
 

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from tuner import cli_jobs, cli_studies
+from tuner import cli_jobs, cli_replay, cli_studies
 from tuner.cli_base import PresetOpt, SetOpt, console, fail, parse_pairs
 from tuner.util import unknown_message
 
@@ -155,11 +155,14 @@ def methods() -> None:
     from tuner.methods.describe import describe_methods
 
     table = Table(title="PETL methods")
-    for col in ("name", "description", "paper", "hyper-parameters (default)"):
+    for col in ("name", "description", "paper", "hyper-parameters (default; bounds | choices)"):
         table.add_column(col)
     for m in describe_methods():
-        hp = ", ".join(f"{k}={v['default']}" for k, v in m["hparams"].items())
-        table.add_row(m["name"], m["description"], m["paper"], hp or "–")
+        fields = []
+        for k, v in m["hparams"].items():
+            rule = v["bounds"] or " | ".join(map(str, v["choices"]))
+            fields.append(f"{k}={v['default']}" + (f" ({rule})" if rule else ""))
+        table.add_row(m["name"], m["description"], m["paper"], ", ".join(fields) or "–")
     console.print(table)
 
 
@@ -270,7 +273,14 @@ def pretrain(
 
 
 # The seed studies' commands and the cluster ones live in their own modules.
-for command in (cli_studies.presets, cli_studies.plan, cli_studies.analyze, cli_jobs.submit):
+for command in (cli_studies.presets, cli_studies.plan, cli_studies.analyze, cli_jobs.submit,
+                cli_replay.replay):  # fmt: skip
     app.command()(command)
 app.add_typer(cli_studies.spaces_app, name="spaces")
 app.add_typer(cli_jobs.job_app, name="job")
+
+# Delivering a sweep's winner (tuner.cli_models): models, register, export, predict.
+from tuner import cli_models  # noqa: E402
+
+for command in (cli_models.models, cli_models.register, cli_models.export, cli_models.predict):
+    app.command()(command)

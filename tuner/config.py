@@ -129,6 +129,9 @@ class TrainSettings(_Strict):
 class FinalSettings(_Strict):
     seeds: int = Field(3, ge=1, description="retrains of the best config on train+val")
     epochs: int | None = Field(None, ge=1, description="default: tune.max_epochs")
+    register: bool = Field(
+        True, description="register each task's champion in the MLflow Model Registry"
+    )
 
 
 class ResourceSettings(_Strict):
@@ -209,7 +212,10 @@ class SweepConfig(_Strict):
         for name, hp in self.search.fixed.items():
             if name not in self.methods:
                 raise ValueError(f"search.fixed: {name!r} is not one of the sweep's methods")
-            methods.get(name, **hp)  # raises naming the bad hyper-parameter
+            try:  # the method's typed config: names method, field, value and bound
+                methods.get(name, **hp)
+            except ValueError as err:
+                raise ValueError(f"search.fixed.{name}: {err}") from None
         return self
 
     @model_validator(mode="after")

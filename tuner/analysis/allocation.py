@@ -57,7 +57,7 @@ def variant(method: str, params: dict[str, str]) -> str:
     (no square brackets: the console table would read them as markup)."""
     tags = []
     for key, show in ABLATIONS.items():
-        default = SPTMethod.hparams[key].default
+        default = SPTMethod.defaults()[key]
         if key in params and str(params[key]) != str(default):
             tags.append(show(params[key]))
     return f"{method} ({', '.join(tags)})" if tags else method

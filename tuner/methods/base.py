@@ -1,11 +1,16 @@
 """The contract every PETL method fulfils.
 
-A method is injected into an *unmodified* timm ``VisionTransformer`` from outside: it wraps
-or hooks modules, it never edits the model's source. Each method answers three questions
-explicitly, so nothing is decided by substring matching on parameter names:
+A method is injected into an *unmodified* timm ``VisionTransformer`` from outside, through
+``tuner.methods.hooks`` (it wraps or hooks modules, it never edits the model's source), and
+reads its settings only from its typed config (``config_class``, see ``configs``). Each
+method answers three questions explicitly:
 
-* which tensors train (``trainable_parameters``), everything else is frozen;
-* which of those get weight decay (``decays``);
+* which tensors train (``trainable_parameters``), everything else is frozen. Methods name
+  them by module type, attribute or the module they added (``LoRALinear``, ``.bias``,
+  ``nn.LayerNorm``), not by a substring of parameter names as the first study's
+  ``TUNE_MODULES`` did, so one method's tensors can never be swept into another's;
+* which of those get weight decay (``decays``: by shape; the one name rule is timm's token
+  attributes ``cls_token``/``pos_embed``/``reg_token``, exempt as in the ViT recipe);
 * how to undo itself into plain backbone weights where the paper allows (``merge``).
 
 Every branch a method adds is scaled by a ``merge_factor`` buffer (α): α = 0 gives the
@@ -23,19 +28,16 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from tuner.methods.configs import (
+    COMMON_HPARAMS,
+    MethodConfig,
+    build_config,
+    validate_value,
+)
 from tuner.optim import adamw_groups, default_decays
 from tuner.records import Prepared
 
-#: Hyper-parameters every method accepts; they belong to the optimiser, not the method.
-COMMON_HPARAMS: dict[str, Any] = {"lr": 1e-3, "weight_decay": 1e-4, "drop_path": 0.0}
-
-
-@dataclass(frozen=True)
-class HParam:
-    """One method hyper-parameter: its default and a one-line meaning (for ``methods``)."""
-
-    default: Any
-    help: str
+__all__ = ["COMMON_HPARAMS", "Method", "MethodConfig", "validate_hparam"]
 
 
 @dataclass
@@ -104,24 +106,27 @@ class Method(ABC):
     name: ClassVar[str]
     description: ClassVar[str]
     paper: ClassVar[str]
-    hparams: ClassVar[dict[str, HParam]] = {}
+    #: The method's typed settings; a method with none keeps the empty base.
+    config_class: ClassVar[type[MethodConfig]] = MethodConfig
     reparameterisable: ClassVar[bool] = False
     #: True where the paper zero-initialises the added branch: apply() keeps the function.
     preserves_init: ClassVar[bool] = True
 
     def __init__(self, **hp: Any) -> None:
-        unknown = sorted(set(hp) - set(self.hparams) - set(COMMON_HPARAMS))
-        if unknown:
-            valid = ", ".join(sorted(set(self.hparams) | set(COMMON_HPARAMS)))
-            raise ValueError(
-                f"method {self.name!r}: unknown hyper-parameter(s) {unknown}; valid: {valid}"
-            )
-        self.hp: dict[str, Any] = {k: v.default for k, v in self.hparams.items()}
-        self.hp.update({k: v for k, v in hp.items() if k in self.hparams})
-        self.validate()
+        """``hp``: the config's fields (validated; a bad one is a ``ValueError`` naming
+        method, field, value and bound) and, accepted and checked but not kept, the
+        optimiser's ``lr``/``weight_decay``/``drop_path``."""
+        self.config: Any = build_config(self.name, self.config_class, hp)
 
-    def validate(self) -> None:  # noqa: B027 - optional hook, not abstract
-        """Raise ``ValueError`` for impossible hyper-parameter values."""
+    @property
+    def hp(self) -> dict[str, Any]:
+        """The config as plain data (what runs record and ``get(name, **hp)`` rebuilds)."""
+        return self.config.model_dump(mode="json")
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Every field's default, by name."""
+        return {k: f.default for k, f in cls.config_class.model_fields.items()}
 
     # -- the three questions -------------------------------------------------------------
     @abstractmethod
@@ -208,6 +213,11 @@ class Method(ABC):
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.hp.items())
         return f"{type(self).__name__}({args})"
+
+
+def validate_hparam(cls: type[Method], key: str, value: Any) -> Any:
+    """``value`` for hyper-parameter ``key`` of method class ``cls``, validated and coerced."""
+    return validate_value(cls.name, cls.config_class, key, value)
 
 
 def count_trainable(model: nn.Module, method: Method) -> tuple[int, int]:

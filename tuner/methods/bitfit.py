@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 from torch import nn
 
-from tuner.methods import register
 from tuner.methods.base import Method, head_parameters
+from tuner.methods.registry import register
 
 
 def bias_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:

@@ -12,11 +12,11 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from tuner.methods import register
 from tuner.methods.base import MergeScaled, Method, head_parameters
 from tuner.methods.bitfit import bias_parameters
-from tuner.methods.hooks import branch_container
+from tuner.methods.hooks import attach, branch_parameters
 from tuner.methods.layernorm import layernorm_parameters
+from tuner.methods.registry import register
 
 
 class BranchScale(MergeScaled):
@@ -27,7 +27,7 @@ class BranchScale(MergeScaled):
         self.gamma = nn.Parameter(torch.ones(dim))
         self.init_merge_factor()
 
-    def hook(self, _m: nn.Module, _args: object, out: torch.Tensor) -> torch.Tensor:
+    def forward(self, out: torch.Tensor) -> torch.Tensor:
         return out * (1 + self.merge_factor * (self.gamma - 1))
 
 
@@ -38,20 +38,17 @@ class DiffFit(Method):
     paper = "Xie et al., DiffFit, ICCV 2023"
 
     def inject(self, model: nn.Module) -> None:
-        container = branch_container(model)
-        for i, block in enumerate(model.blocks):  # type: ignore[arg-type]
+        for i, _ in enumerate(model.blocks):  # type: ignore[arg-type]
             for site in ("attn", "mlp"):
                 scale = BranchScale(model.embed_dim)  # type: ignore[arg-type]
-                container[f"blocks_{i}_{site}_gamma"] = scale
-                getattr(block, site).register_forward_hook(scale.hook)
+                attach(model, f"blocks.{i}.{site}", scale, "output", key=f"blocks_{i}_{site}_gamma")
 
     def trainable_parameters(self, model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
         seen: set[int] = set()
-        gammas = [(f"petl_branches.{n}", p) for n, p in model.petl_branches.named_parameters()]
         for name, param in [
             *bias_parameters(model),
             *layernorm_parameters(model),
-            *gammas,
+            *branch_parameters(model),
             *head_parameters(model),
         ]:
             if id(param) not in seen:

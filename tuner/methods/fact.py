@@ -11,19 +11,36 @@ the four d×d chunks of fc1 and of fc2, 12 slices per block — and update them 
 V starts at zero, so the model starts as the pretrained one; ``merge`` adds ΔW to the
 weights. Wrapped linears apply the update low-rank (x → U → Σ → dropout → V) instead of
 forming ΔW; the dropout (0.1) is the seed study's (PETL_Vision ``model/fact.py``).
+
+Two options reproduce the first study's model as it was built (PETL_Vision 245d262):
+
+* ``init: trunc_normal``: U, V (and FacT-TT's cores, ``nn.Linear`` there) trunc_normal std
+  0.02, as the study's ViT ``init_weights`` leaves them; FacT-TK's core and loadings are
+  plain parameters there and keep their xavier init (``hooks.trunc_normal``).
+* ``mlp_layout: petl_vision`` (FacT-TK): ``model/fact.py`` (lines 100-116, ``mlp_1`` and
+  ``mlp_2``) reshapes the four fc1 (fc2) slices' cores ``(r, r, 4)`` to ``(r, 4r)`` and
+  cuts contiguous r-column blocks, so d×d chunk c of fc1/fc2 gets rows ``c·r … c·r+r−1`` of
+  the slices' cores interleaved (row j of slice k at position ``4j + k``): each chunk
+  mixes all four slices. ``per_slice`` (default) gives each chunk its own slice, the clean
+  Tucker layout of the paper. The attention slices are the same in both.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
-from tuner.methods import register
-from tuner.methods.base import HParam, MergeScaled, Method, head_parameters
-from tuner.methods.lora import modules_of_type
+from tuner.methods.base import MergeScaled, Method, head_parameters
+from tuner.methods.configs import MethodConfig
+from tuner.methods.hooks import modules_of_type, trunc_normal, wrap_linear
+from tuner.methods.registry import register
+
+FactInit = Literal["xavier_zero", "trunc_normal"]
+MlpLayout = Literal["per_slice", "petl_vision"]
 
 #: (layer path inside a block, output chunks, input chunks): 3 + 1 + 4 + 4 = 12 slices
 TARGETS = (("attn.qkv", 3, 1), ("attn.proj", 1, 1), ("mlp.fc1", 4, 1), ("mlp.fc2", 1, 4))
@@ -34,7 +51,14 @@ class Factors(MergeScaled):
     """The shared factors and the per-slice cores (TT) or Tucker core and loadings (TK)."""
 
     def __init__(
-        self, form: str, dim: int, rank: int, slices: int, scale: float, dropout: float = 0.0
+        self,
+        form: str,
+        dim: int,
+        rank: int,
+        slices: int,
+        scale: float,
+        dropout: float = 0.0,
+        init: FactInit = "xavier_zero",
     ) -> None:
         super().__init__()
         self.form, self.scale = form, float(scale)
@@ -46,6 +70,8 @@ class Factors(MergeScaled):
         else:
             self.core = nn.Parameter(nn.init.xavier_uniform_(torch.empty(rank, rank, rank)))
             self.loadings = nn.Parameter(nn.init.xavier_uniform_(torch.empty(slices, rank)))
+        if init == "trunc_normal":
+            trunc_normal([self.u, self.v] + ([self.cores] if form == "tt" else []))
         self.init_merge_factor()
 
     def sigma(self, index: int) -> torch.Tensor:
@@ -53,25 +79,47 @@ class Factors(MergeScaled):
             return self.cores[index]
         return torch.einsum("ijk,k->ij", self.core, self.loadings[index])
 
-    def delta(self, index: int) -> torch.Tensor:
-        """ΔW of one d×d slice."""
-        return self.merge_factor * self.scale * (self.v @ self.sigma(index) @ self.u)
+    def mixed_sigma(self, first: int, chunk: int) -> torch.Tensor:
+        """The core of d×d chunk ``chunk`` of an fc1/fc2 whose four slices start at ``first``,
+        in PETL_Vision's layout: the slices' rows interleaved (row j of slice k at 4j + k),
+        chunk c taking rows c·r … c·r + r − 1 (``model/fact.py``, ``mlp_1``)."""
+        rank = self.u.shape[0]
+        stacked = torch.stack([self.sigma(first + k) for k in range(4)])  # (4, r, r)
+        rows = stacked.transpose(0, 1).reshape(4 * rank, rank)
+        return rows[chunk * rank : (chunk + 1) * rank]
 
 
 class FactLinear(nn.Module):
-    """A frozen linear plus the FacT update of its slices (factors held by reference)."""
+    """A frozen linear plus the FacT update of its slices (factors held by reference).
+
+    ``mixed``: the four fc1/fc2 chunks take their cores in PETL_Vision's layout
+    (``Factors.mixed_sigma``); fc2's (input chunks) is the transpose, as ``mlp_2`` multiplies
+    by the reshaped core's transpose.
+    """
 
     def __init__(
-        self, base: nn.Linear, factors: Factors, first: int, out_chunks: int, in_chunks: int
+        self,
+        base: nn.Linear,
+        factors: Factors,
+        first: int,
+        out_chunks: int,
+        in_chunks: int,
+        mixed: bool = False,
     ) -> None:
         super().__init__()
         self.base = base
         object.__setattr__(self, "factors", factors)  # shared: not a submodule of each layer
         self.first, self.out_chunks, self.in_chunks = first, out_chunks, in_chunks
+        self.mixed = mixed and out_chunks * in_chunks == 4
         self.in_features, self.out_features = base.in_features, base.out_features
 
-    def _index(self, o: int, i: int) -> int:
-        return self.first + o * self.in_chunks + i
+    def sigma(self, o: int, i: int) -> torch.Tensor:
+        """The r×r core of the chunk in output block ``o`` and input block ``i``."""
+        if not self.mixed:
+            return self.factors.sigma(self.first + o * self.in_chunks + i)
+        if self.out_chunks > 1:
+            return self.factors.mixed_sigma(self.first, o)
+        return self.factors.mixed_sigma(self.first, i).t()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.factors
@@ -80,42 +128,63 @@ class FactLinear(nn.Module):
         hs = [xi @ f.u.t() for xi in xs]
         outs = []
         for o in range(self.out_chunks):
-            h = sum(hs[i] @ f.sigma(self._index(o, i)).t() for i in range(self.in_chunks))
+            h = sum(hs[i] @ self.sigma(o, i).t() for i in range(self.in_chunks))
             outs.append(f.dropout(h) @ f.v.t())
         update = torch.cat(outs, dim=-1)
         return self.base(x) + f.merge_factor * f.scale * update
 
     def delta_weight(self) -> torch.Tensor:
+        f = self.factors
         rows = [
-            torch.cat([self.factors.delta(self._index(o, i)) for i in range(self.in_chunks)], dim=1)
+            torch.cat([f.v @ self.sigma(o, i) @ f.u for i in range(self.in_chunks)], dim=1)
             for o in range(self.out_chunks)
         ]
-        return torch.cat(rows, dim=0)
+        return f.merge_factor * f.scale * torch.cat(rows, dim=0)
+
+
+class FacTConfig(MethodConfig):
+    dim: int = Field(8, ge=1, description="rank r of the factors")
+    scale: float = Field(1.0, allow_inf_nan=False, description="update scale s")
+    dropout: float = Field(
+        0.1, ge=0, lt=1, description="dropout inside the update (the study's 0.1)"
+    )
+    init: FactInit = Field(
+        "xavier_zero",
+        description="xavier_zero: U (TT cores) xavier, V zero (FacT's code); trunc_normal: "
+        "U, V (TT cores) std 0.02 (the first study's model as built)",
+    )
+
+
+class FacTTKConfig(FacTConfig):
+    dim: int = Field(32, ge=1, description="rank r of the factors")
+    mlp_layout: MlpLayout = Field(
+        "per_slice",
+        description="fc1/fc2 chunk cores: per_slice (one slice each, the paper) or "
+        "petl_vision (the first study's reshape mixes the four slices)",
+    )
 
 
 class FacT(Method):
     form: ClassVar[str]
+    config: FacTConfig
 
-    def validate(self) -> None:
-        if int(self.hp["dim"]) < 1:
-            raise ValueError(f"{self.name}: dim must be >= 1, got {self.hp['dim']}")
+    @property
+    def preserves_init(self) -> bool:  # type: ignore[override]
+        return self.config.init == "xavier_zero"
 
     def inject(self, model: nn.Module) -> None:
         blocks = list(model.blocks)  # type: ignore[arg-type]
-        factors = Factors(
-            self.form,
-            model.embed_dim,
-            int(self.hp["dim"]),  # type: ignore[arg-type]
-            SLICES_PER_BLOCK * len(blocks),
-            float(self.hp["scale"]),
-            float(self.hp["dropout"]),
-        )
+        c = self.config
+        factors = Factors(self.form, model.embed_dim, c.dim, SLICES_PER_BLOCK * len(blocks),  # type: ignore[arg-type]
+                          c.scale, c.dropout, c.init)  # fmt: skip
+        mixed = getattr(c, "mlp_layout", "per_slice") == "petl_vision"
         model.add_module("petl_fact", factors)
-        for b, block in enumerate(blocks):
+        for b, _ in enumerate(blocks):
             first = b * SLICES_PER_BLOCK
             for path, out_chunks, in_chunks in TARGETS:
-                layer = block.get_submodule(path)
-                block.set_submodule(path, FactLinear(layer, factors, first, out_chunks, in_chunks))
+                wrap_linear(model, f"blocks.{b}.{path}", FactLinear, factors=factors,
+                            first=first, out_chunks=out_chunks, in_chunks=in_chunks,
+                            mixed=mixed)  # fmt: skip
                 first += out_chunks * in_chunks
 
     def trainable_parameters(self, model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
@@ -137,11 +206,7 @@ class FacTTT(FacT):
     name = "fact_tt"
     description = "FacT-TT: shared low-rank factors with a core per weight slice (tensor-train)."
     paper = "Jie & Deng, FacT: Factor-Tuning for Lightweight Adaptation on ViT, AAAI 2023"
-    hparams = {
-        "dim": HParam(8, "rank r of the factors"),
-        "scale": HParam(1.0, "update scale s"),
-        "dropout": HParam(0.1, "dropout inside the update (the study's 0.1)"),
-    }
+    config_class = FacTConfig
     reparameterisable = True
     form = "tt"
 
@@ -151,10 +216,6 @@ class FacTTK(FacT):
     name = "fact_tk"
     description = "FacT-TK: shared low-rank factors with a Tucker core across all slices."
     paper = "Jie & Deng, FacT: Factor-Tuning for Lightweight Adaptation on ViT, AAAI 2023"
-    hparams = {
-        "dim": HParam(32, "rank r of the factors"),
-        "scale": HParam(1.0, "update scale s"),
-        "dropout": HParam(0.1, "dropout inside the update (the study's 0.1)"),
-    }
+    config_class = FacTTKConfig
     reparameterisable = True
     form = "tk"

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 from torch import nn
 
-from tuner.methods import register
 from tuner.methods.base import Method
+from tuner.methods.registry import register
 
 
 @register

@@ -1,30 +1,36 @@
-"""One injection mechanism for every branch added beside or after a timm module.
+"""The one injection mechanism: every method changes a timm ViT through this module only.
 
-Adapters differ in *what* they compute and *where* they attach, not in how they attach:
+Methods differ in *what* they compute and *where* it goes, not in how it gets there:
 
-* ``sequential`` — after module M: ``y = M(x); y ← y + branch(y)`` (Houlsby, Pfeiffer);
-* ``parallel``   — beside module M: ``y = M(x) + branch(x)`` (AdaptFormer, Convpass);
-* ``before``     — before module M: ``x ← x + branch(x); y = M(x)`` (RepAdapter).
+* ``attach`` a branch module at module M (``model.petl_branches``):
+  ``sequential`` after M: ``y = M(x); y ← y + branch(y)`` (Houlsby, Pfeiffer);
+  ``parallel`` beside M: ``y = M(x) + branch(x)`` (AdaptFormer, Convpass);
+  ``before`` M: ``x ← x + branch(x); y = M(x)`` (RepAdapter);
+  ``output``: ``y ← branch(M(x))`` (SSF's scale and shift, DiffFit's γ);
+* ``wrap_linear``: replace an ``nn.Linear`` by a wrapper holding it (LoRA, FacT, SPT);
+* ``pre_hook`` / ``post_hook``: rewrite a module's input or output tensor (VPT's prompts).
 
-Branch modules live in one ``ModuleDict`` added to the model (``model.petl_branches``), so
-``state_dict``, ``.to()`` and the optimiser see them; hooks are registered on the timm
-modules, whose code is never touched. Each branch is ``MergeScaled``: its output is
-multiplied by α (0 = the pretrained backbone).
+Added modules live on the model, so ``state_dict``, ``.to()`` and the optimiser see them;
+hooks are registered on the timm modules, whose code is never touched. Each branch is
+``MergeScaled``: its effect is scaled by α (0 = the pretrained backbone). The inits of
+projections (``init_projections``) live here too, one copy for every method with Linear
+branches, ``trunc_normal`` included: what the first study's model ends up with.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from typing import ClassVar, Literal
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from tuner.methods.base import MergeScaled, Method, head_parameters
 
-Placement = Literal["sequential", "parallel", "before"]
+Placement = Literal["sequential", "parallel", "before", "output"]
 CONTAINER = "petl_branches"
+Handle = torch.utils.hooks.RemovableHandle
 
 
 def branch_container(model: nn.Module) -> nn.ModuleDict:
@@ -40,16 +46,19 @@ def attach(
     branch: MergeScaled,
     placement: Placement,
     source: str | None = None,
-) -> torch.utils.hooks.RemovableHandle:
+    key: str | None = None,
+) -> Handle:
     """Register ``branch`` at the module ``path`` (e.g. ``blocks.3.mlp``) of ``model``.
 
     ``source`` (parallel only): feed the branch the input of that module instead of the
     target's, e.g. ``blocks.3.norm2`` so AdaptFormer reads the block's residual stream ``x``
-    rather than the MLP's input ``norm2(x)``. The hook's handle is returned and kept on the
-    branch (``branch.hook_handle``) so a ``merge`` can remove exactly this hook.
+    rather than the MLP's input ``norm2(x)``. ``key``: the branch's name in
+    ``petl_branches`` (default: ``path`` with dots as underscores). The hook's handle is
+    returned and kept on the branch (``branch.hook_handle``) so a ``merge`` can remove
+    exactly this hook.
     """
     target = model.get_submodule(path)
-    branch_container(model)[path.replace(".", "_")] = branch
+    branch_container(model)[key or path.replace(".", "_")] = branch
     if source is not None:
         if placement != "parallel":
             raise ValueError(f"source= only applies to parallel branches, not {placement!r}")
@@ -75,6 +84,8 @@ def attach(
         return branch.hook_handle
 
     def hook(_m: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> torch.Tensor:
+        if placement == "output":
+            return branch(out)
         source = out if placement == "sequential" else args[0]
         return out + branch(source)
 
@@ -82,10 +93,64 @@ def attach(
     return branch.hook_handle
 
 
+def pre_hook(model: nn.Module, path: str, fn: Callable[[torch.Tensor], torch.Tensor]) -> Handle:
+    """Replace the first input ``x`` of module ``path`` by ``fn(x)``."""
+
+    def hook(_m: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        return (fn(args[0]), *args[1:])
+
+    return model.get_submodule(path).register_forward_pre_hook(hook)
+
+
+def post_hook(model: nn.Module, path: str, fn: Callable[[torch.Tensor], torch.Tensor]) -> Handle:
+    """Replace the output ``y`` of module ``path`` by ``fn(y)``."""
+
+    def hook(_m: nn.Module, _args: object, out: torch.Tensor) -> torch.Tensor:
+        return fn(out)
+
+    return model.get_submodule(path).register_forward_hook(hook)
+
+
+def wrap_linear(model: nn.Module, path: str, wrapper: Callable[..., nn.Module], **kw: Any) -> None:
+    """Replace the ``nn.Linear`` at dotted ``path`` in ``model`` by ``wrapper(linear, **kw)``."""
+    layer = model.get_submodule(path)
+    if not isinstance(layer, nn.Linear):
+        raise TypeError(f"{path} is {type(layer).__name__}, expected nn.Linear")
+    model.set_submodule(path, wrapper(layer, **kw))
+
+
+def modules_of_type(model: nn.Module, kind: type[nn.Module]) -> Iterator[tuple[str, nn.Module]]:
+    """(name, module) for every submodule of ``kind`` in ``model``."""
+    for name, module in model.named_modules():
+        if isinstance(module, kind):
+            yield name, module
+
+
+#: The std of ``trunc_normal``: timm's ``init_weights_vit_timm`` for every ``nn.Linear``.
+TRUNC_STD = 0.02
+
+
+def trunc_normal(weights: Iterable[torch.Tensor], biases: Iterable[torch.Tensor] = ()) -> None:
+    """The first study's model as built: weights trunc_normal(std 0.02, cut at ±2), biases 0.
+
+    PETL_Vision's ViT constructor ends with timm's ``init_weights`` (245d262,
+    ``model/vision_transformer.py``, the last line of ``VisionTransformerPETL.__init__``),
+    which re-initialises *every* ``nn.Linear`` of the model, its PETL modules' too, after
+    their own inits ran; pretrained loading then touches only backbone keys.
+    """
+    with torch.no_grad():
+        for w in weights:
+            nn.init.trunc_normal_(w, std=TRUNC_STD, a=-2.0, b=2.0)
+        for b in biases:
+            nn.init.zeros_(b)
+
+
 #: Initialisations of a down/up projection pair, as the seed study names them
 #: (PETL_Vision ``adapter_init``/``convpass_init``). The ``lora_*`` ones zero ``up`` (the
-#: branch starts silent); ``xavier`` starts it random (the study's Houlsby/Pfeiffer).
-INITS = ("lora_kaiming", "lora_xavier", "xavier")
+#: branch starts silent); ``xavier`` starts it random (the study's Houlsby/Pfeiffer);
+#: ``trunc_normal`` is what the study's model ends up with (see ``trunc_normal``).
+INITS = ("lora_kaiming", "lora_xavier", "xavier", "trunc_normal")
+ProjectionInit = Literal["lora_kaiming", "lora_xavier", "xavier", "trunc_normal"]
 
 
 def init_projections(down: nn.Linear, up: nn.Linear, scheme: str | None) -> None:
@@ -97,6 +162,9 @@ def init_projections(down: nn.Linear, up: nn.Linear, scheme: str | None) -> None
         return
     if scheme not in INITS:
         raise ValueError(f"unknown init {scheme!r}; valid: {', '.join(INITS)}")
+    if scheme == "trunc_normal":
+        trunc_normal([down.weight, up.weight], [down.bias, up.bias])
+        return
     with torch.no_grad():
         if scheme == "xavier":
             nn.init.xavier_uniform_(down.weight)
@@ -146,17 +214,7 @@ def branch_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
 
 
 class BranchMethod(Method):
-    """A method whose trainable tensors are exactly its added branches (plus the head).
-
-    ``positive`` names integer hyper-parameters that must be >= 1 (widths, ranks).
-    """
-
-    positive: ClassVar[tuple[str, ...]] = ()
-
-    def validate(self) -> None:
-        for key in self.positive:
-            if int(self.hp[key]) < 1:
-                raise ValueError(f"{self.name}: {key} must be >= 1, got {self.hp[key]}")
+    """A method whose trainable tensors are exactly its added branches (plus the head)."""
 
     def trainable_parameters(self, model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
         yield from branch_parameters(model)

@@ -10,11 +10,13 @@ adapter is affine in eval mode, so it merges into the next linear layer (``qkv``
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import nn
 
-from tuner.methods import register
-from tuner.methods.base import HParam, MergeScaled
+from tuner.methods.base import MergeScaled
+from tuner.methods.configs import MethodConfig
 from tuner.methods.hooks import CONTAINER, BranchMethod, attach
+from tuner.methods.registry import register
 
 GROUPS = 2
 
@@ -50,32 +52,30 @@ class LinearAdapter(MergeScaled):
         return m, c
 
 
+class RepAdapterConfig(MethodConfig):
+    bottleneck: int = Field(
+        8, ge=GROUPS, multiple_of=GROUPS, description="adapter hidden width r (even: 2 groups)"
+    )
+    scale: float = Field(1.0, allow_inf_nan=False, description="scale s of the adapter")
+    dropout: float = Field(
+        0.1, ge=0, lt=1, description="dropout between the projections (the study's 0.1)"
+    )
+
+
 @register
 class RepAdapter(BranchMethod):
     name = "repadapter"
     description = "RepAdapter: linear group-wise adapters before attention and MLP, mergeable."
     paper = "Luo et al., Towards Efficient Visual Adaption via Structural Re-parameterization, 2023"
-    hparams = {
-        "bottleneck": HParam(8, "adapter hidden width r (even: 2 groups)"),
-        "scale": HParam(1.0, "scale s of the adapter"),
-        "dropout": HParam(0.1, "dropout between the projections (the study's 0.1)"),
-    }
+    config_class = RepAdapterConfig
+    config: RepAdapterConfig
     reparameterisable = True
 
-    def validate(self) -> None:
-        r = int(self.hp["bottleneck"])
-        if r < GROUPS or r % GROUPS:
-            raise ValueError(f"repadapter: bottleneck must be a multiple of {GROUPS}, got {r}")
-
     def inject(self, model: nn.Module) -> None:
+        c = self.config
         for i, _ in enumerate(model.blocks):  # type: ignore[arg-type]
             for site in ("attn", "mlp"):
-                branch = LinearAdapter(
-                    model.embed_dim,
-                    int(self.hp["bottleneck"]),
-                    float(self.hp["scale"]),  # type: ignore[arg-type]
-                    float(self.hp["dropout"]),
-                )
+                branch = LinearAdapter(model.embed_dim, c.bottleneck, c.scale, c.dropout)  # type: ignore[arg-type]
                 attach(model, f"blocks.{i}.{site}", branch, "before")
 
     def merge(self, model: nn.Module) -> nn.Module:

@@ -14,9 +14,9 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from tuner.methods import register
 from tuner.methods.base import MergeScaled, Method, head_parameters
-from tuner.methods.hooks import branch_container
+from tuner.methods.hooks import CONTAINER, attach, branch_parameters
+from tuner.methods.registry import register
 
 BLOCK_SITES = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "norm1", "norm2")
 
@@ -29,13 +29,12 @@ class ScaleShift(MergeScaled):
         self.gamma = nn.Parameter(torch.empty(dim).normal_(1.0, 0.02))
         self.beta = nn.Parameter(torch.empty(dim).normal_(0.0, 0.02))
         self.init_merge_factor()
-        self.handle: torch.utils.hooks.RemovableHandle | None = None
 
     def effective(self) -> tuple[torch.Tensor, torch.Tensor]:
         a = self.merge_factor
         return 1 + a * (self.gamma - 1), a * self.beta
 
-    def hook(self, _m: nn.Module, _args: object, out: torch.Tensor) -> torch.Tensor:
+    def forward(self, out: torch.Tensor) -> torch.Tensor:
         gamma, beta = self.effective()
         return out * gamma + beta
 
@@ -80,24 +79,20 @@ class SSF(Method):
     preserves_init = False  # γ ~ N(1, 0.02), β ~ N(0, 0.02) as in the paper's code
 
     def inject(self, model: nn.Module) -> None:
-        container = branch_container(model)
         for path in _sites(model):
-            module = model.get_submodule(path)
-            site = ScaleShift(_out_features(module))
-            container[path.replace(".", "_")] = site
-            site.handle = module.register_forward_hook(site.hook)
+            site = ScaleShift(_out_features(model.get_submodule(path)))
+            attach(model, path, site, "output")
 
     def trainable_parameters(self, model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
-        for name, param in model.petl_branches.named_parameters():  # type: ignore[union-attr]
-            yield f"petl_branches.{name}", param
+        yield from branch_parameters(model)
         yield from head_parameters(model)
 
     def merge(self, model: nn.Module) -> nn.Module:
-        container = model.petl_branches  # type: ignore[union-attr]
+        container = getattr(model, CONTAINER)
         for path in _sites(model):
             site = container[path.replace(".", "_")]
             gamma, beta = site.effective()
             _fold(model.get_submodule(path), gamma.detach(), beta.detach())
-            site.handle.remove()
-        del model.petl_branches
+            site.hook_handle.remove()
+        delattr(model, CONTAINER)
         return model

@@ -1,10 +1,20 @@
-"""Visual Prompt Tuning, deep variant (Jia et al., ECCV 2022).
+"""Visual Prompt Tuning, deep and shallow (Jia et al., ECCV 2022).
 
 P learnable prompt tokens are placed after the prefix (class/register) tokens at the input
-of every block; each block gets its own prompts, replacing the previous block's outputs at
-those positions. They are stripped after the last block, so pooling, norm and head see the
-sequence they were built for. Hooks live on a module that is added to the model, so the
-ViT's code is untouched and ``state_dict``/``.to()`` carry the prompts.
+of every block (deep) or of the first (shallow); in deep VPT each block gets its own
+prompts, replacing the previous block's outputs at those positions. They are stripped after
+the last block, so pooling, norm and head see the sequence they were built for. The hooks
+(``hooks.pre_hook``/``post_hook``) splice into the timm blocks from outside, and the prompts
+live on a module added to the model, so ``state_dict``/``.to()`` carry them.
+
+Shallow VPT's ``prompt_scope``: ``all_blocks`` (default) is the VPT paper, whose shallow
+prompts are inserted once and then travel through every block (study 001, ``vpt_vs_ft``,
+follows it). ``first_block`` is the first study's code (PETL_Vision 245d262):
+``model/vpt.py`` gives shallow VPT one prompt layer, and ``forward_features`` in
+``model/vision_transformer.py`` strips ``x[:, vpt_num:]`` right after the block that
+prepended them, so its prompts exist inside block 0 only. (Where prompts sit, before or
+after the class token, does not matter: attention is permutation-equivariant and the
+position embedding is added before.)
 
 ``merge_factor`` α scales the prompts; α = 0 skips them entirely (the pretrained model).
 """
@@ -13,12 +23,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
-from tuner.methods import register
-from tuner.methods.base import HParam, MergeScaled, Method, head_parameters
+from tuner.methods.base import MergeScaled, Method, head_parameters
+from tuner.methods.configs import MethodConfig
+from tuner.methods.hooks import post_hook, pre_hook
+from tuner.methods.registry import register
+
+PromptScope = Literal["all_blocks", "first_block"]
 
 
 class DeepPrompts(MergeScaled):
@@ -58,22 +74,11 @@ class DeepPrompts(MergeScaled):
         return torch.cat([x[:, : self.num_prefix], x[:, self.num_prefix + self.length :]], dim=1)
 
 
-def _make_pre_hook(prompts: DeepPrompts, block_idx: int):
-    def hook(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        return (prompts.splice(block_idx, args[0]), *args[1:])
-
-    return hook
-
-
-def _make_strip_hook(prompts: DeepPrompts):
-    def hook(_module: nn.Module, _args: object, output: torch.Tensor) -> torch.Tensor:
-        return prompts.strip(output)
-
-    return hook
-
-
-def inject_prompts(model: nn.Module, length: int, dropout: float, deep: bool) -> DeepPrompts:
-    """Add prompts to every block (deep) or to the first block only (shallow)."""
+def inject_prompts(
+    model: nn.Module, length: int, dropout: float, deep: bool, strip_after: int = -1
+) -> DeepPrompts:
+    """Add prompts to every block (deep) or to the first block only (shallow), and strip
+    them after block ``strip_after`` (the last by default)."""
     blocks = list(model.blocks)  # type: ignore[arg-type]
     patch = model.patch_embed.patch_size  # type: ignore[union-attr]
     prompts = DeepPrompts(
@@ -85,10 +90,25 @@ def inject_prompts(model: nn.Module, length: int, dropout: float, deep: bool) ->
         dropout=dropout,
     )
     model.add_module("petl_prompts", prompts)
-    for i, block in enumerate(blocks[: prompts.prompts.shape[0]]):
-        block.register_forward_pre_hook(_make_pre_hook(prompts, i))
-    blocks[-1].register_forward_hook(_make_strip_hook(prompts))
+    for i in range(prompts.prompts.shape[0]):
+        pre_hook(model, f"blocks.{i}", lambda x, i=i: prompts.splice(i, x))
+    post_hook(model, f"blocks.{strip_after % len(blocks)}", prompts.strip)
     return prompts
+
+
+class VPTConfig(MethodConfig):
+    prompt_length: int = Field(10, ge=1, description="prompt tokens per block")
+    prompt_dropout: float = Field(0.1, ge=0, lt=1, description="dropout on the prompt tokens")
+
+
+class VPTShallowConfig(MethodConfig):
+    prompt_length: int = Field(10, ge=1, description="prompt tokens at the input")
+    prompt_dropout: float = Field(0.1, ge=0, lt=1, description="dropout on the prompt tokens")
+    prompt_scope: PromptScope = Field(
+        "all_blocks",
+        description="all_blocks: prompts travel through every block (VPT paper); "
+        "first_block: stripped after block 0 (the first study's code)",
+    )
 
 
 @register
@@ -97,19 +117,11 @@ class VPTDeep(Method):
     description = "VPT-deep: learnable prompt tokens prepended at the input of every block."
     paper = "Jia et al., Visual Prompt Tuning, ECCV 2022"
     preserves_init = False  # prompts attend from the first step
-    hparams = {
-        "prompt_length": HParam(10, "prompt tokens per block"),
-        "prompt_dropout": HParam(0.1, "dropout on the prompt tokens"),
-    }
-
-    def validate(self) -> None:
-        if int(self.hp["prompt_length"]) < 1:
-            raise ValueError(f"vpt: prompt_length must be >= 1, got {self.hp['prompt_length']}")
+    config_class = VPTConfig
+    config: VPTConfig
 
     def inject(self, model: nn.Module) -> None:
-        inject_prompts(
-            model, int(self.hp["prompt_length"]), float(self.hp["prompt_dropout"]), deep=True
-        )
+        inject_prompts(model, self.config.prompt_length, self.config.prompt_dropout, deep=True)
 
     def trainable_parameters(self, model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
         yield "petl_prompts.prompts", model.petl_prompts.prompts  # type: ignore[union-attr]
@@ -120,12 +132,11 @@ class VPTDeep(Method):
 class VPTShallow(VPTDeep):
     name = "vpt_shallow"
     description = "VPT-shallow: learnable prompt tokens at the input of the first block only."
-    hparams = {
-        "prompt_length": HParam(10, "prompt tokens at the input"),
-        "prompt_dropout": HParam(0.1, "dropout on the prompt tokens"),
-    }
+    config_class = VPTShallowConfig
+    config: VPTShallowConfig  # type: ignore[assignment]
 
     def inject(self, model: nn.Module) -> None:
-        inject_prompts(
-            model, int(self.hp["prompt_length"]), float(self.hp["prompt_dropout"]), deep=False
-        )
+        c = self.config
+        strip_after = 0 if c.prompt_scope == "first_block" else -1
+        inject_prompts(model, c.prompt_length, c.prompt_dropout, deep=False,
+                       strip_after=strip_after)  # fmt: skip

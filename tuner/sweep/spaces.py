@@ -83,9 +83,14 @@ def _read(path: Path) -> dict[str, Any]:
 def load_space(
     method: str, kind: SpaceKind = "optuna", spaces_dir: Path | None = None
 ) -> dict[str, Domain]:
-    """Optuna domains (``kind='optuna'``) or grid value lists as ``choice`` domains."""
+    """Optuna domains (``kind='optuna'``) or grid value lists as ``choice`` domains.
+
+    Keys are the method's typed config fields and the optimiser's (``COMMON_HPARAMS``);
+    every grid value, choice and range end is checked against the field's bounds, so a zero
+    rank or a negative lr in a space file is refused before any trial, naming the field.
+    """
     spaces_dir = spaces_dir or default_spaces_dir()
-    valid = set(methods.method_class(method).hparams) | set(COMMON_HPARAMS)
+    valid = set(methods.method_class(method).config_class.model_fields) | set(COMMON_HPARAMS)
     merged: dict[str, Domain] = {}
     for path in (spaces_dir / "common.yaml", spaces_dir / f"{method}.yaml"):
         section = _read(path).get(kind) or {}
@@ -100,7 +105,17 @@ def load_space(
                 merged[key] = Domain("choice", tuple(values))
             else:
                 merged[key] = _parse_domain(where, spec)
+            _check_bounds(method, where, key, merged[key])
     return merged
+
+
+def _check_bounds(method: str, where: str, key: str, domain: Domain) -> None:
+    """Every value a domain can yield lies within the field's bounds (range ends included)."""
+    for value in domain.args:
+        try:
+            methods.check_hparam(method, key, value)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
 
 
 def grid_points(space: dict[str, Domain]) -> list[dict[str, Any]]:

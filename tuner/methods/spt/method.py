@@ -12,25 +12,26 @@ import copy
 import itertools
 import math
 from collections.abc import Iterator
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from tuner.methods.base import (
-    HParam,
     MergeScaled,
     Method,
     MethodReport,
     PrepareContext,
     head_parameters,
 )
-from tuner.methods.hooks import Bottleneck
+from tuner.methods.configs import MethodConfig
+from tuner.methods.hooks import Bottleneck, trunc_normal, wrap_linear
 from tuner.methods.spt import sensitivity as sens
 from tuner.methods.spt.allocation import (
-    MODES,
     Allocation,
+    Mode,
     Structure,
     Unit,
     allocate,
@@ -44,16 +45,23 @@ from tuner.util import content_hash
 WHOLE_VECTORS = "spt_whole_vectors"
 #: Where the budget goes: the most sensitive positions (SPT) or seeded random ones (ablation).
 ALLOCATIONS = ("sensitivity", "random")
+SPTInit = Literal["zero_up", "trunc_normal"]
 
 
 class LowRank(MergeScaled):
-    """α · B·A for a row block of a linear layer's output; B starts at zero."""
+    """α · B·A for a row block of a linear layer's output; B starts at zero (``zero_up``)
+    or both are trunc_normal std 0.02 (``trunc_normal``, ``hooks.trunc_normal``)."""
 
-    def __init__(self, in_features: int, out_features: int, rank: int) -> None:
+    def __init__(
+        self, in_features: int, out_features: int, rank: int, init: SPTInit = "zero_up"
+    ) -> None:
         super().__init__()
         self.lora_a = nn.Parameter(torch.empty(rank, in_features))
         self.lora_b = nn.Parameter(torch.zeros(out_features, rank))
-        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
+        if init == "trunc_normal":
+            trunc_normal([self.lora_a, self.lora_b])
+        else:
+            nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
         self.init_merge_factor()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -136,48 +144,54 @@ class SPTLinear(MergeScaled):
         return self.base
 
 
+class SPTConfig(MethodConfig):
+    budget: float = Field(
+        0.01, gt=0, le=1, description="trainable fraction of the eligible backbone parameters (τ)"
+    )
+    rank: int = Field(
+        8, ge=1, description="rank (LoRA) or bottleneck width (adapter) of structured modules"
+    )
+    alpha: float = Field(10.0, gt=0, description="α: structured if sensitive entries ≥ cost / α")
+    beta: float = Field(5.0, gt=0, description="β: a vector trains whole if sensitive ≥ dim / β")
+    scale: float = Field(
+        1.0, allow_inf_nan=False, description="output scale of structured adapters"
+    )
+    # the ablations (He et al., Sec. 4.3; ziplab/SPT's --sensitivity_batch_num and
+    # --structured_only): each a search-space value or a ``search.fixed`` entry
+    sensitivity_batches: int = Field(
+        sens.DEFAULT_BATCHES,
+        ge=1,
+        description="training batches the sensitivity pass sums gradients over",
+    )
+    allocation: Literal["sensitivity", "random"] = Field(
+        "sensitivity", description="sensitivity | random (same budget, seeded random positions)"
+    )
+    allocation_mode: Mode = Field(
+        "both",
+        description="both | structured (modules, whole vectors) | unstructured (entries only)",
+    )
+    init: SPTInit = Field(
+        "zero_up",
+        description="structured modules: zero_up (B / up zero, ziplab/SPT) or trunc_normal "
+        "(every Linear weight std 0.02, zero bias, as the first study's ViT builds its branches)",
+    )
+
+
 class SPTMethod(Method):
     """Shared SPT machinery; subclasses pick the structured module."""
 
     structure: ClassVar[Structure]
-    hparams = {
-        "budget": HParam(0.01, "trainable fraction of the eligible backbone parameters (τ)"),
-        "rank": HParam(8, "rank (LoRA) or bottleneck width (adapter) of structured modules"),
-        "alpha": HParam(10.0, "α: structured if sensitive entries ≥ module cost / α"),
-        "beta": HParam(5.0, "β: a vector trains whole if sensitive entries ≥ dim / β"),
-        "scale": HParam(1.0, "output scale of structured adapters"),
-        # the ablations (He et al., Sec. 4.3; ziplab/SPT's --sensitivity_batch_num and
-        # --structured_only): each a search-space value or a ``search.fixed`` entry
-        "sensitivity_batches": HParam(
-            sens.DEFAULT_BATCHES, "training batches the sensitivity pass sums gradients over"
-        ),
-        "allocation": HParam(
-            "sensitivity", "sensitivity | random (same budget, seeded random positions)"
-        ),
-        "allocation_mode": HParam(
-            "both", "both | structured (modules, whole vectors) | unstructured (entries only)"
-        ),
-    }
+    config_class = SPTConfig
+    config: SPTConfig
 
     def __init__(self, **hp: Any) -> None:
         super().__init__(**hp)
         self.scores: dict[str, torch.Tensor] | None = None
         self.allocation: Allocation | None = None
 
-    def validate(self) -> None:
-        if not 0 < float(self.hp["budget"]) <= 1:
-            raise ValueError(f"{self.name}: budget must be in (0, 1], got {self.hp['budget']}")
-        if int(self.hp["rank"]) < 1:
-            raise ValueError(f"{self.name}: rank must be >= 1, got {self.hp['rank']}")
-        for key in ("alpha", "beta"):
-            if float(self.hp[key]) <= 0:
-                raise ValueError(f"{self.name}: {key} must be > 0, got {self.hp[key]}")
-        if int(self.hp["sensitivity_batches"]) < 1:
-            raise ValueError(f"{self.name}: sensitivity_batches must be >= 1")
-        choices = {"allocation": ALLOCATIONS, "allocation_mode": MODES}
-        for key, valid in choices.items():
-            if self.hp[key] not in valid:
-                raise ValueError(f"{self.name}: {key} must be one of {valid}, got {self.hp[key]!r}")
+    @property
+    def preserves_init(self) -> bool:  # type: ignore[override]
+        return self.config.init == "zero_up"
 
     def set_sensitivity(self, scores: dict[str, torch.Tensor]) -> None:
         """Give the method its task's sensitivity scores (before ``apply``)."""
@@ -185,22 +199,23 @@ class SPTMethod(Method):
 
     # -- what one structured module costs --------------------------------------------------
     def module_cost(self, unit: Unit) -> int:
-        r, out = int(self.hp["rank"]), unit.rows[1] - unit.rows[0]
+        r, out = self.config.rank, unit.rows[1] - unit.rows[0]
         if self.structure == "lora":
             return r * (unit.cols + out)
         return 2 * out * r + r + out
 
     def _make_structure(self, unit: Unit, device: torch.device) -> nn.Module:
-        r, out = int(self.hp["rank"]), unit.rows[1] - unit.rows[0]
+        r, out = self.config.rank, unit.rows[1] - unit.rows[0]
+        init = None if self.config.init == "zero_up" else "trunc_normal"
         with torch.device(device):
             if self.structure == "lora":
-                return LowRank(unit.cols, out, r)
-            return Bottleneck(out, r, float(self.hp["scale"]), nn.GELU, init=None)
+                return LowRank(unit.cols, out, r, self.config.init)
+            return Bottleneck(out, r, self.config.scale, nn.GELU, init=init)
 
     # -- Method contract -------------------------------------------------------------------
     def inject(self, model: nn.Module) -> None:
         units = allocation_units(model)
-        budget = round(float(self.hp["budget"]) * sum(u.numel for u in units))
+        budget = round(self.config.budget * sum(u.numel for u in units))
         costs = {u.name: self.module_cost(u) for u in units if u.kind == "matrix"}
         with torch.device("cpu"):  # bookkeeping on the CPU, even under a meta-device context
             if self.scores is not None:
@@ -209,9 +224,9 @@ class SPTMethod(Method):
                     self.scores,
                     budget,
                     costs,
-                    float(self.hp["alpha"]),
-                    float(self.hp["beta"]),
-                    self.hp["allocation_mode"],
+                    self.config.alpha,
+                    self.config.beta,
+                    self.config.allocation_mode,
                 )
             elif next(model.parameters()).device.type == "meta":
                 alloc = placeholder_allocation(units, budget)
@@ -241,7 +256,8 @@ class SPTMethod(Method):
                 if unit.name in alloc.sparse:
                     index.append(alloc.sparse[unit.name].to(device) + unit.rows[0] * unit.cols)
             flat = torch.cat(index) if index else torch.zeros(0, dtype=torch.long, device=device)
-            model.set_submodule(path, SPTLinear(base, parts, structures, flat, kinds))
+            wrap_linear(model, path, SPTLinear, parts=parts, structures=structures,
+                        sparse_index=flat, kinds=kinds)  # fmt: skip
             wrapped.add(path)
         names = []
         for name in alloc.whole:
@@ -281,12 +297,12 @@ class SPTMethod(Method):
         allocation mode is not in it (it only changes how the scores are spent). The random
         ablation needs neither gradients nor data (:meth:`_prepare_random`).
         """
-        if self.hp["allocation"] == "random":
+        if self.config.allocation == "random":
             return self._prepare_random(model, ctx)
         x, y = train
         head = {id(p) for _, p in head_parameters(model)}
         backbone = {n: p for n, p in model.named_parameters() if id(p) not in head}
-        batches = int(self.hp["sensitivity_batches"])
+        batches = self.config.sensitivity_batches
         key = sens.sensitivity_key(
             ctx.backbone,
             sens.tensor_digest(backbone),

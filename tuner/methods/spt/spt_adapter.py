@@ -7,7 +7,7 @@ matrix (or of its q, k or v rows). Adapters are non-linear, so there is no merge
 
 from __future__ import annotations
 
-from tuner.methods import register
+from tuner.methods.registry import register
 from tuner.methods.spt.method import SPTMethod
 
 

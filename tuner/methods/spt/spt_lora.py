@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from tuner.methods import register
-from tuner.methods.lora import modules_of_type
+from tuner.methods.hooks import modules_of_type
+from tuner.methods.registry import register
 from tuner.methods.spt.method import WHOLE_VECTORS, SPTLinear, SPTMethod
 
 
