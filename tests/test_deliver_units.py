@@ -23,7 +23,7 @@ from tuner.deliver.images import ImageError, collect, decode
 from tuner.deliver.package import load_package
 from tuner.deliver.rebuild import Rebuilt
 from tuner.deliver.register import _better, model_name
-from tuner.records import PARENT_RUN_TAG
+from tuner.tracking.names import PARENT_RUN_TAG
 from tuner.training.spec import TrialSpec
 
 

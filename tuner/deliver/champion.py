@@ -16,7 +16,7 @@ from typing import Any
 
 from tuner import methods
 from tuner.deliver import DeliverError
-from tuner.records import PARENT_RUN_TAG
+from tuner.tracking.names import PARENT_RUN_TAG
 from tuner.util import unknown_message
 
 
