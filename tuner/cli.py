@@ -48,13 +48,14 @@ def run(
     from tuner.sweep.pipeline import run_pipeline
     from tuner.sweep.shutdown import SweepInterrupted
     from tuner.tracking.buffered import TrackingError
+    from tuner.tracking.lease import SweepLocked
 
     try:
         result = run_pipeline(
             cfg, console, live=progress and console.is_terminal, resume=resume, source=config
         )
-    except (DataError, WeightsMismatchError, TrackingError) as err:
-        fail(str(err), 1)
+    except (DataError, WeightsMismatchError, TrackingError, SweepLocked) as err:
+        fail(str(getattr(err, "cause", None) or err), 1)  # raised in an actor: its cause
     except SweepInterrupted as stop:
         command = resume_command(config, preset, set_)
         console.print(interrupted_block(stop, command), soft_wrap=True, highlight=False)

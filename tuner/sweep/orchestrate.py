@@ -36,8 +36,10 @@ from tuner.sweep.shared_run import TuningOutcome, run_shared
 from tuner.sweep.shutdown import StopRequest, SweepInterrupted
 from tuner.sweep.study import study_run_tags
 from tuner.sweep.utilisation import slots
-from tuner.tracking.buffered import BufferedTracker
+from tuner.tracking.buffered import BufferedTracker, TrackingError
 from tuner.tracking.client import check_access
+from tuner.tracking.lease import SweepLease
+from tuner.tracking.store import ensure_store
 
 log = logging.getLogger("petl_sweep")
 
@@ -280,6 +282,8 @@ class SweepRun:
             return
         self.last_check = time.monotonic()
         status = ray.get(self.tracker.status.remote())
+        if status.get("fatal"):
+            raise TrackingError(status["fatal"])
         messages, self.outages_seen, self.tracking_down = outage_news(
             status, self.outages_seen, self.tracking_down
         )
@@ -325,15 +329,29 @@ def run_sweep(
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
     datasets = prepare_data(cfg)
     check_backbone(cfg)
+    ensure_store(cfg.tracking_uri)  # a new SQLite store is created once, under a lock
     check_access(cfg.tracking_uri)
-    local = init_ray(cfg)
-    stop = StopRequest().install()  # after ray.init: ours replace Ray's native handlers
-    try:
-        return _drive(cfg, datasets, resume, on_tick, notify or (lambda message: None), stop)
-    finally:
-        stop.restore()
-        if local and stop.requested:
-            ray.shutdown()
+    notify = notify or (lambda message: None)
+    stop = StopRequest()
+    lease = SweepLease(
+        cfg.tracking_uri,
+        cfg.experiment,
+        artifact_root=cfg.artifact_root,
+        on_lost=lambda reason: (notify(f"stopping: {reason}"), stop.ask()),
+    )
+    with lease:  # one running copy of a sweep per store: a second start fails here
+        if lease.takeover:
+            notify(lease.takeover)
+        local = init_ray(cfg)
+        stop.install()  # after ray.init: ours replace Ray's native handlers
+        try:
+            return _drive(cfg, datasets, resume, on_tick, notify, stop)
+        except BaseException:
+            if local:  # a sweep that fails or is stopped leaves no Ray of its own behind
+                ray.shutdown()
+            raise
+        finally:
+            stop.restore()
 
 
 def _drive(

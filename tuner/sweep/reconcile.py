@@ -73,6 +73,8 @@ def reconcile(
         out.reuse[study.key] = StudySummary.from_json(data)
     for run in left:
         tags = run["tags"]
+        if tags.get("stage") == "lease":  # the sweep's own lease (tuner.tracking.lease)
+            continue
         keep = (
             resume
             and _continuable(run)

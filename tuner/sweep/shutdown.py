@@ -41,6 +41,10 @@ class StopRequest:
         else:
             self.forced = True
 
+    def ask(self) -> None:
+        """Ask for the clean stop from inside the program (as SIGTERM would)."""
+        self._handle(signal.SIGTERM, None)
+
     def install(self) -> StopRequest:
         """Take SIGINT and SIGTERM (main thread only; elsewhere Python cannot)."""
         if threading.current_thread() is threading.main_thread():

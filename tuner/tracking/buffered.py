@@ -72,21 +72,41 @@ class BufferedTracker:
         self.read_timeout, self.clock = read_timeout, clock
         self.next_try, self.delay, self.warned = 0.0, 1.0, False
         self.outages = 0  # how many times MLflow went away (the driver may poll after it is back)
+        #: Why writing is impossible (a full disk), once it is: the driver stops on it
+        self.fatal = ""
         self.experiment_id = self.inner.experiment_id
 
     # -- writes ---------------------------------------------------------------------------
     def _write(self, op: str, *args: Any, **kwargs: Any) -> Any:
+        if self.fatal:
+            raise TrackingError(self.fatal)
         entry = {"op": op, "args": list(args), "kwargs": kwargs}
-        if not self.pending:
-            try:
-                return getattr(self.inner, op)(*args, **kwargs)
-            except Exception as err:
-                if not transient(err):
-                    raise
-                self._went_down(err)
-        self._append(entry)
-        self.flush()
+        try:
+            if not self.pending:
+                try:
+                    return getattr(self.inner, op)(*args, **kwargs)
+                except Exception as err:
+                    if not transient(err):
+                        raise
+                    self._went_down(err)
+            self._append(entry)
+            self.flush()
+        except Exception as err:
+            self._check_full(err)
+            raise
         return None
+
+    def _check_full(self, err: BaseException) -> None:
+        """A full disk is no outage (waiting does not help, and the journal is likely on the
+        same disk): remember it as one line, raise it from now on, show it in ``status``."""
+        from tuner.diskspace import disk_full_message
+        from tuner.tracking.store import sqlite_path
+
+        where = sqlite_path(self.inner.tracking_uri) or self.journal
+        message = disk_full_message(where, err)
+        if message:
+            self.fatal = message
+            raise TrackingError(message) from None
 
     def _append(self, entry: dict[str, Any]) -> None:
         if len(self.pending) >= MAX_PENDING:
@@ -146,7 +166,12 @@ class BufferedTracker:
             time.sleep(min(5.0, self.delay))
 
     def status(self) -> dict[str, Any]:
-        return {"pending": len(self.pending), "down": self.warned, "outages": self.outages}
+        return {
+            "pending": len(self.pending),
+            "down": self.warned,
+            "outages": self.outages,
+            "fatal": self.fatal,
+        }
 
     # -- reads: retried, since the sweep cannot go on without them --------------------------
     def _read(self, op: str, *args: Any, **kwargs: Any) -> Any:
