@@ -56,6 +56,7 @@ def cluster():
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN": token,
         "PATH": f"{BIN}:{os.environ['PATH']}",  # the job's `python` is this venv's
+        "RAY_JOB_STOP_WAIT_TIME_S": "60",  # as cluster/base/raycluster.yaml sets on the head
     }
     common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
 
@@ -303,3 +304,38 @@ def test_losing_a_worker_mid_sweep_loses_nothing(cluster, tmp_path):
             steps = {m.step for m in tracker.client.get_metric_history(t["run_id"], "val/acc")}
             assert steps == {1, 2, 3, 4}, (method, steps)
     assert len([r for r in runs if r["tags"].get("stage") == "final"]) == len(METHODS)
+
+
+def test_job_stop_takes_the_sweeps_clean_stop(cluster, tmp_path):
+    """``petl-sweep job stop`` (Ray sends the driver SIGTERM) ends the sweep the way Ctrl-C
+    does: the job log names ``--resume``, the driver exits 143, no MLflow run is RUNNING."""
+    import time
+
+    sweep = yaml.safe_load(_sweep_file(tmp_path).read_text())
+    sweep["name"] = "job-stop"
+    sweep["tune"].update(num_samples=3, max_epochs=4, grace_period=4)
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep))
+    run = _cli(cluster, "submit", str(tmp_path / "sweep.yaml"), "--no-wait", timeout=300)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    job_id = re.search(r"submitted job (\S+)", run.stdout).group(1)
+    db = tmp_path / "results" / "mlflow.db"
+    from _sweep_helpers import trial_runs
+
+    deadline = time.time() + 600
+    while not any(s == "FINISHED" for _, s, _ in trial_runs(db).values()):
+        assert time.time() < deadline, "no trial finished"
+        time.sleep(1)
+    stop = _cli(cluster, "job", "stop", job_id, timeout=120)
+    assert stop.returncode == 0, stop.stderr[-2000:]
+    deadline = time.time() + 180
+    while (status := _cli(cluster, "job", "status", job_id, timeout=120).stdout.strip()) in (
+        "RUNNING", "PENDING"
+    ):  # fmt: skip
+        assert time.time() < deadline, "the job did not stop"
+        time.sleep(2)
+    assert status == "STOPPED", status
+    logs = _cli(cluster, "job", "logs", job_id, timeout=120).stdout
+    assert "Interrupted (SIGTERM)" in logs and "--resume" in logs, logs[-3000:]
+    tracker = TrackingService(f"sqlite:///{db}", "job-stop", create=False)
+    assert tracker.find({}, status="RUNNING") == []
+    assert tracker.find({"outcome": "interrupted"}, status="KILLED")

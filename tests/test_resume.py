@@ -20,7 +20,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 BIN = Path(sys.executable).parent
-SAMPLES, EPOCHS = 3, 2
+SAMPLES, EPOCHS = 4, 2  # four: the kill (two finished + 3 s) lands mid-study
 
 
 def _trials(db: Path) -> dict[str, tuple[str, str, int | None]]:
