@@ -115,10 +115,16 @@ class TrainSettings(_Strict):
 
 
 class FinalSettings(_Strict):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
     seeds: int = Field(3, ge=1, description="retrains of the best config on train+val")
     epochs: int | None = Field(None, ge=1, description="default: tune.max_epochs")
-    register: bool = Field(
-        True, description="register each task's champion in the MLflow Model Registry"
+    # ``final.register`` in the file; another attribute name, since pydantic models inherit
+    # ABCMeta's ``register`` and a field of that name would shadow it
+    register_champions: bool = Field(
+        True,
+        alias="register",
+        description="register each task's champion in the MLflow Model Registry",
     )
 
 
@@ -197,9 +203,13 @@ class SweepConfig(_Strict):
 
     @model_validator(mode="after")
     def _fixed_is_valid(self) -> SweepConfig:
+        # A preset fixes options of all its methods; a file laid over it may run fewer, so a
+        # registered method outside the sweep is checked but not an error (a typo still is).
         for name, hp in self.search.fixed.items():
-            if name not in self.methods:
-                raise ValueError(f"search.fixed: {name!r} is not one of the sweep's methods")
+            if name not in methods.list_methods():
+                raise ValueError(
+                    "search.fixed: " + unknown_message("method", name, methods.list_methods())
+                )
             try:  # the method's typed config: names method, field, value and bound
                 methods.get(name, **hp)
             except ValueError as err:
