@@ -43,6 +43,7 @@ def run(
         cfg = load_config(config, parse_pairs(set_), preset)
     except (ConfigError, FileNotFoundError) as err:
         fail(str(err))
+    from tuner.backbones.hub import WeightsUnavailableError
     from tuner.backbones.weights import WeightsMismatchError
     from tuner.data.vtab import DataError
     from tuner.sweep.pipeline import run_pipeline
@@ -52,7 +53,7 @@ def run(
         result = run_pipeline(
             cfg, console, live=progress and console.is_terminal, resume=resume, source=config
         )
-    except (DataError, WeightsMismatchError, TrackingError) as err:
+    except (DataError, WeightsMismatchError, WeightsUnavailableError, TrackingError) as err:
         fail(str(err), 1)
     if result.failed or not result.outputs:
         raise typer.Exit(1)

@@ -134,6 +134,14 @@ class ResourceSettings(_Strict):
     max_concurrent_studies: int | None = Field(
         None, ge=1, description="studies open at once; default: enough to fill every slot, plus one"
     )
+    autoscaling: bool | None = Field(
+        None,
+        description="whether the Ray cluster can add nodes (a request no node holds then waits "
+        "instead of failing); default: detected (a local Ray never does)",
+    )
+    pending_timeout_s: float = Field(
+        1800.0, gt=0, description="autoscaling: give up when no trial could start for this long"
+    )
 
 
 class TrackingSettings(_Strict):
@@ -170,6 +178,14 @@ class SweepConfig(_Strict):
         description="evaluation-only shift sets: task id -> {shift name -> list file, folder, "
         "or synth (a synth task's own shift set)}",
     )
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, value: str) -> str:
+        from tuner.backbones import check_backbone_name
+
+        check_backbone_name(value)  # an unknown name fails here, not in every trial
+        return value
 
     @field_validator("methods")
     @classmethod
