@@ -200,7 +200,10 @@ def compare(summary: pd.DataFrame, reference: Reference) -> pd.DataFrame:
     target = resolve_backbone(reference.backbone)
     out = []
     for r in summary.itertuples(index=False):
-        published = reference.accuracy.get(r.task, {}).get(r.method)
+        # a variant row (``lora (init=trunc_normal)``: a preset's fixed options, e.g. the
+        # study's model as built) is compared with the method's published number
+        by_method = reference.accuracy.get(r.task, {})
+        published = by_method.get(r.method, by_method.get(r.method.split(" (")[0]))
         if published is None or not r.backbone or resolve_backbone(r.backbone) != target:
             continue
         out.append(
