@@ -43,9 +43,11 @@ def run(
         cfg = load_config(config, parse_pairs(set_), preset)
     except (ConfigError, FileNotFoundError) as err:
         fail(str(err))
+    from tuner.backbones.hub import WeightsUnavailableError
     from tuner.backbones.weights import WeightsMismatchError
     from tuner.data.vtab import DataError
     from tuner.sweep.pipeline import run_pipeline
+    from tuner.sweep.preflight import PendingTimeout
     from tuner.sweep.shutdown import SweepInterrupted
     from tuner.tracking.buffered import TrackingError
     from tuner.tracking.lease import SweepLocked
@@ -54,7 +56,12 @@ def run(
         result = run_pipeline(
             cfg, console, live=progress and console.is_terminal, resume=resume, source=config
         )
-    except (DataError, WeightsMismatchError, TrackingError, SweepLocked) as err:
+    except ConfigError as err:  # found once the cluster is known (a request no node holds)
+        fail(str(err))
+    except (
+        DataError, WeightsMismatchError, WeightsUnavailableError, TrackingError, SweepLocked,
+        PendingTimeout,
+    ) as err:  # fmt: skip
         fail(str(getattr(err, "cause", None) or err), 1)  # raised in an actor: its cause
     except SweepInterrupted as stop:
         command = resume_command(config, preset, set_)

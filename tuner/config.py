@@ -127,10 +127,16 @@ class TrainSettings(_Strict):
 
 
 class FinalSettings(_Strict):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
     seeds: int = Field(3, ge=1, description="retrains of the best config on train+val")
     epochs: int | None = Field(None, ge=1, description="default: tune.max_epochs")
-    register: bool = Field(
-        True, description="register each task's champion in the MLflow Model Registry"
+    # ``final.register`` in the file; another attribute name, since pydantic models inherit
+    # ABCMeta's ``register`` and a field of that name would shadow it
+    register_champions: bool = Field(
+        True,
+        alias="register",
+        description="register each task's champion in the MLflow Model Registry",
     )
 
 
@@ -139,6 +145,14 @@ class ResourceSettings(_Strict):
     gpus_per_trial: float = Field(0, ge=0, description="fractions share one GPU, e.g. 0.25")
     max_concurrent_studies: int | None = Field(
         None, ge=1, description="studies open at once; default: enough to fill every slot, plus one"
+    )
+    autoscaling: bool | None = Field(
+        None,
+        description="whether the Ray cluster can add nodes (a request no node holds then waits "
+        "instead of failing); default: detected (a local Ray never does)",
+    )
+    pending_timeout_s: float = Field(
+        1800.0, gt=0, description="autoscaling: give up when no trial could start for this long"
     )
 
 
@@ -177,6 +191,14 @@ class SweepConfig(_Strict):
         "or synth (a synth task's own shift set)}",
     )
 
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, value: str) -> str:
+        from tuner.backbones import check_backbone_name
+
+        check_backbone_name(value)  # an unknown name fails here, not in every trial
+        return value
+
     @field_validator("methods")
     @classmethod
     def _known_methods(cls, value: list[str]) -> list[str]:
@@ -209,9 +231,13 @@ class SweepConfig(_Strict):
 
     @model_validator(mode="after")
     def _fixed_is_valid(self) -> SweepConfig:
+        # A preset fixes options of all its methods; a file laid over it may run fewer, so a
+        # registered method outside the sweep is checked but not an error (a typo still is).
         for name, hp in self.search.fixed.items():
-            if name not in self.methods:
-                raise ValueError(f"search.fixed: {name!r} is not one of the sweep's methods")
+            if name not in methods.list_methods():
+                raise ValueError(
+                    "search.fixed: " + unknown_message("method", name, methods.list_methods())
+                )
             try:  # the method's typed config: names method, field, value and bound
                 methods.get(name, **hp)
             except ValueError as err:

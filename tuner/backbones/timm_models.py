@@ -163,6 +163,26 @@ def resolve_backbone(name: str) -> str:
     return PRESETS.get(name, name)
 
 
+def check_backbone_name(name: str) -> None:
+    """Raise ``ValueError`` for a name that is neither a preset nor a timm model (nor the
+    shipped tiny ViT), naming the presets and the closest timm names: a typo is a config
+    error before anything runs, not a traceback from data preparation."""
+    import difflib
+
+    from tuner.util import unknown_message
+
+    if name in PRESETS or timm.is_model(resolve_backbone(name)):
+        return
+    close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+    hint = f" (closest timm names: {', '.join(close)})" if close else ""
+    raise ValueError(
+        unknown_message(
+            "backbone", name, list(PRESETS),
+            extra=f", or a timm model name (`petl-sweep backbones`){hint}",
+        )
+    )  # fmt: skip
+
+
 def preset_table() -> list[dict[str, Any]]:
     """Every preset with its timm preprocessing (from the registry: nothing downloads)."""
     from timm.models import get_pretrained_cfg

@@ -56,7 +56,7 @@ def write(
     ).reset_index(drop=True)
     comparisons = [compare(summary, ref) for ref in references or []]
     wide = wide_table(summary, records.tune_hours, records.lost_hours, comparisons)
-    note = notes(summary, references)
+    note = notes(summary, references, records)
     paths = {
         "runs": out_dir / "leaderboard_runs.parquet",
         "summary": out_dir / "leaderboard.parquet",
@@ -147,14 +147,18 @@ def build(
     out_dir: Path,
     title: str,
     references: list[str] | None = None,
+    planned: list[tuple[str, str]] | None = None,
+    seeds: int | None = None,
 ) -> tuple[dict[str, Path], TrackingService]:
     """Collect from ``experiments`` and write every output; returns paths and a tracker.
 
     ``references``: shipped reference names (``petl_vision``) or JSON paths, loaded before
-    anything is read from MLflow so a typo fails fast."""
+    anything is read from MLflow so a typo fails fast. ``planned`` (the sweep's (task,
+    method) pairs) and ``seeds`` (``final.seeds``) let the table name what an unfinished
+    sweep is missing beyond the studies MLflow knows (see ``collect``)."""
     loaded = [load_reference(r) for r in references or []]
     trackers = [TrackingService(tracking_uri, name, create=False) for name in experiments]
-    records = collect(trackers)
+    records = collect(trackers, planned, seeds)
     if records.finals.empty:
         raise ValueError(f"no finished final runs in experiment(s) {experiments} at {tracking_uri}")
     with tempfile.TemporaryDirectory() as tmp:

@@ -11,6 +11,12 @@ the best under a paired bootstrap over test examples.
 A leaderboard row is a ``RowKey`` (backbone, protocol, method), never a method alone: runs
 merged from sweeps on two backbones or two protocols are different rows, not more seeds.
 Published numbers (``load_reference``) are read from JSON beside this module or a path.
+
+A final run is identified by its content hash (``final_hash``) and seed: two runs with both
+equal (a sweep started twice, a re-run that did not see the first copy) are one result and
+count once, the first kept (``Records.duplicates`` says which were left out). A sweep that
+did not finish (``Records.missing``: studies without their final runs, and why) still gets
+a table, but it says so, and its tasks with missing rows mark no winner.
 """
 
 from __future__ import annotations
@@ -63,12 +69,75 @@ class Records:
     tune_hours: dict[RowKey, float] = field(default_factory=dict)
     #: Device-hours of trials whose study never finished (a crash): spent, not useful
     lost_hours: dict[RowKey, float] = field(default_factory=dict)
+    #: Final runs left out as copies of a kept one (same final_hash and seed)
+    duplicates: list[Duplicate] = field(default_factory=list)
+    #: Studies of the sweep(s) without (all) their final runs: the sweep did not finish
+    missing: list[Missing] = field(default_factory=list)
 
 
-def final_runs(tracker: TrackingService, tmp: Path) -> Iterator[tuple[dict[str, Any], Any, Any]]:
-    """Every finished final run of an experiment with its test (logits, labels), downloaded
-    into ``tmp``: what the leaderboard and the analyses read."""
-    for run in tracker.find({"stage": "final"}):
+@dataclass(frozen=True)
+class Duplicate:
+    """A final run counted once: ``run_id`` repeats ``kept`` (same final_hash and seed)."""
+
+    run_id: str
+    kept: str
+    task: str
+    method: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class Missing:
+    """A (task, row) the sweep planned or started that has not all its final runs."""
+
+    task: str
+    key: RowKey
+    #: ``not started``, ``running``, ``interrupted``, ``lost``, ``failed``, ``tuned``
+    state: str
+    detail: str = ""
+
+    def describe(self) -> str:
+        """``synth/count × lora (tuned, no final run)``"""
+        return f"{self.task} × {self.key[2]} ({self.detail or self.state})"
+
+
+def final_identity(run: dict[str, Any]) -> tuple[str, str] | None:
+    """What makes two final runs one result: (final_hash, seed); None without a hash
+    (runs logged before the tag existed, or planted by hand, are never merged)."""
+    tags = run["tags"]
+    if not tags.get("final_hash"):
+        return None
+    return tags["final_hash"], str(tags.get("seed", ""))
+
+
+def unique_finals(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[Duplicate]]:
+    """``runs`` less copies: per (final_hash, seed) the first run (oldest start) is kept."""
+    kept: dict[tuple[str, str], str] = {}
+    out, duplicates = [], []
+    for run in sorted(runs, key=lambda r: (r.get("start_time") or 0, r["run_id"])):
+        identity = final_identity(run)
+        if identity is not None and identity in kept:
+            tags = run["tags"]
+            duplicates.append(
+                Duplicate(run["run_id"], kept[identity], tags.get("task", ""),
+                          tags.get("method", ""), int(tags.get("seed", 0)))
+            )  # fmt: skip
+            continue
+        if identity is not None:
+            kept[identity] = run["run_id"]
+        out.append(run)
+    return out, duplicates
+
+
+def final_runs(
+    tracker: TrackingService, tmp: Path, runs: list[dict[str, Any]] | None = None
+) -> Iterator[tuple[dict[str, Any], Any, Any]]:
+    """Every finished final run of an experiment (copies left out: ``unique_finals``) with
+    its test (logits, labels), downloaded into ``tmp``: what the leaderboard and the
+    analyses read. ``runs``: these final runs of ``tracker`` instead of all of them."""
+    if runs is None:
+        runs, _ = unique_finals(tracker.find({"stage": "final"}))
+    for run in runs:
         try:
             path = tracker.download(run["run_id"], PREDICTIONS, tmp / run["run_id"])
         except Exception as err:  # MLflow raises several types for a missing artifact
@@ -80,15 +149,29 @@ def final_runs(tracker: TrackingService, tmp: Path) -> Iterator[tuple[dict[str, 
         yield run, *read_predictions(path)
 
 
-def collect(trackers: list[TrackingService]) -> Records:
-    """Read final runs, their predictions and tuning costs from one or more experiments."""
+def collect(
+    trackers: list[TrackingService],
+    planned: list[tuple[str, str]] | None = None,
+    seeds: int | None = None,
+) -> Records:
+    """Read final runs, their predictions and tuning costs from one or more experiments.
+
+    ``planned``: the sweep's (task, method) pairs, so studies that never started are
+    listed as missing too (a rebuild from MLflow alone knows only the studies it logged);
+    ``seeds``: final runs each should have (``final.seeds``; default: at least one)."""
+    from tuner.leaderboard.unfinished import missing_studies  # (it reads this module's types)
+
     rows: list[dict[str, Any]] = []
     correct: dict[tuple[str, str, str, str], list[np.ndarray]] = {}
     tune_hours: dict[RowKey, float] = {}
     lost_hours: dict[RowKey, float] = {}
+    found = [(t, run) for t in trackers for run in t.find({"stage": "final"})]
+    kept, duplicates = unique_finals([run for _, run in found])
+    kept_ids = {run["run_id"] for run in kept}
     with tempfile.TemporaryDirectory() as tmp:
         for tracker in trackers:
-            for run, logits, labels in final_runs(tracker, Path(tmp)):
+            mine = [r for t, r in found if t is tracker and r["run_id"] in kept_ids]
+            for run, logits, labels in final_runs(tracker, Path(tmp), mine):
                 tags, metrics = run["tags"], run["metrics"]
                 task, key = tags["task"], row_key(tags)
                 rows.append(
@@ -119,7 +202,8 @@ def collect(trackers: list[TrackingService]) -> Records:
     rows_of = {tuple(r[c] for c in ROW_COLUMNS) for r in rows}
     for hours in (tune_hours, lost_hours):
         attribute_untagged(hours, rows_of)
-    return Records(pd.DataFrame(rows), correct, tune_hours, lost_hours)
+    missing = missing_studies(trackers, rows, planned, seeds)
+    return Records(pd.DataFrame(rows), correct, tune_hours, lost_hours, duplicates, missing)
 
 
 def shift_metrics(metrics: dict[str, float]) -> dict[str, float]:
@@ -143,14 +227,17 @@ def split_tuning_hours(
     tracker: TrackingService, useful: dict[RowKey, float], lost: dict[RowKey, float]
 ) -> None:
     """Add each trial's device-hours per row (``row_key``) to ``useful`` when its study
-    finished, and to ``lost`` when the study was killed or failed (work a crash threw away)."""
+    finished, and to ``lost`` when the study was killed or failed (work a crash threw away).
+    A trial killed before it logged ``device_hours`` counts the epochs it ran."""
+    from tuner.leaderboard.unfinished import spent_hours
+
     runs = tracker.find({"stage": "tune"}, status=None)
     studies = {r["run_id"]: r["status"] for r in runs if PARENT_RUN_TAG not in r["tags"]}
     for run in runs:
         parent = run["tags"].get(PARENT_RUN_TAG)
         if parent is None:
             continue
-        key, hours = row_key(run["tags"]), run["metrics"].get("device_hours", 0.0)
+        key, hours = row_key(run["tags"]), spent_hours(tracker, run)
         kept = studies.get(parent) == "FINISHED" and run["tags"].get("outcome") != "lost"
         bucket = useful if kept else lost
         bucket[key] = bucket.get(key, 0.0) + hours

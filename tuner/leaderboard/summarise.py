@@ -121,6 +121,13 @@ def summarise(records: Records, seed: int = 0) -> pd.DataFrame:
         for index, method in zip(rows.index, rows["method"], strict=True):
             summary.loc[index, "best"] = ties[method]["best"]
             summary.loc[index, "tied"] = ties[method]["tied"]
+    for missing in records.missing:  # an unfinished comparison has no winner yet
+        same = summary["task"] == fold_free(missing.task)
+        if missing.key[:2] != ("", ""):  # (a study never started has no setup tags)
+            same &= (summary["backbone"] == missing.key[0]) & (
+                summary["protocol"] == missing.key[1]
+            )
+        summary.loc[same, ["best", "tied"]] = False
     return label_rows(summary)
 
 
@@ -193,7 +200,10 @@ def compare(summary: pd.DataFrame, reference: Reference) -> pd.DataFrame:
     target = resolve_backbone(reference.backbone)
     out = []
     for r in summary.itertuples(index=False):
-        published = reference.accuracy.get(r.task, {}).get(r.method)
+        # a variant row (``lora (init=trunc_normal)``: a preset's fixed options, e.g. the
+        # study's model as built) is compared with the method's published number
+        by_method = reference.accuracy.get(r.task, {})
+        published = by_method.get(r.method, by_method.get(r.method.split(" (")[0]))
         if published is None or not r.backbone or resolve_backbone(r.backbone) != target:
             continue
         out.append(
@@ -327,14 +337,49 @@ NOTE = (
     "mean of the Natural/Specialized/Structured group means. Bold = best on the task; "
     "underlined = tied with the best (paired bootstrap over test examples, 95%). "
     "Device-hours = trial wall time × devices per trial (GPUs, or CPU cores without GPUs); "
-    "lost device-h (shown after a crash) = trials of studies that never finished."
+    "lost device-h (shown after a crash) = trials of studies that never finished (a trial "
+    "killed before it logged device-hours counts the epochs it ran)."
 )
 
 
-def notes(summary: pd.DataFrame, references: list[Reference] | None = None) -> str:
+def unfinished_note(records: Records) -> str:
+    """The sentence(s) an unfinished sweep and counted-once duplicates add to the note."""
+    parts = []
+    if records.missing:
+        shown = "; ".join(m.describe() for m in records.missing[:SHOWN_MISSING])
+        more = len(records.missing) - SHOWN_MISSING
+        parts.append(
+            f"UNFINISHED SWEEP: {len(records.missing)} (task, method) without all final runs, "
+            f"so no winner is marked on their tasks: {shown}"
+            + (f"; and {more} more" if more > 0 else "")
+            + "."
+        )
+    if records.duplicates:
+        left = ", ".join(d.run_id for d in records.duplicates[:SHOWN_MISSING])
+        parts.append(
+            f"{len(records.duplicates)} duplicate final run(s) (same final_hash and seed as "
+            f"an earlier run) counted once, the first kept; left out: {left}"
+            + (" ..." if len(records.duplicates) > SHOWN_MISSING else "")
+            + "."
+        )
+    return " ".join(parts)
+
+
+#: Missing studies and duplicate runs named in the note (the rest are counted)
+SHOWN_MISSING = 12
+
+
+def notes(
+    summary: pd.DataFrame,
+    references: list[Reference] | None = None,
+    records: Records | None = None,
+) -> str:
     """``NOTE``, plus what rows mean when backbones or protocols differ and where each
-    reference's numbers come from."""
+    reference's numbers come from; with ``records``, first what an unfinished sweep is
+    missing and which duplicate final runs were counted once."""
     text = NOTE
+    if records is not None and (records.missing or records.duplicates):
+        text = unfinished_note(records) + " " + text
     if "folds" in summary and (summary["folds"] > 1).any():
         text += (
             " Subset columns with several folds (T@n#k): mean ± std over folds, each fold "

@@ -70,6 +70,20 @@ def _fold(module: nn.Module, gamma: torch.Tensor, beta: torch.Tensor) -> None:
         target.bias.mul_(gamma).add_(beta)
 
 
+def _fold_into_positions(model: nn.Module, gamma: torch.Tensor, beta: torch.Tensor) -> bool:
+    """Fold the patch embedding's γ, β where its conv has no bias (CLIP: pre-norm ViTs drop
+    it): γ scales the kernel and β joins the patch rows of ``pos_embed``, which every patch
+    token gets next, so the merged model keeps the plain backbone's tensors."""
+    proj, pos = model.patch_embed.proj, getattr(model, "pos_embed", None)  # type: ignore[union-attr]
+    if proj.bias is not None or not isinstance(pos, nn.Parameter):
+        return False
+    start = 0 if getattr(model, "no_embed_class", False) else int(model.num_prefix_tokens)
+    with torch.no_grad():
+        proj.weight.mul_(gamma.view(-1, 1, 1, 1))
+        pos[:, start:] += beta
+    return True
+
+
 @register
 class SSF(Method):
     name = "ssf"
@@ -92,6 +106,9 @@ class SSF(Method):
         for path in _sites(model):
             site = container[path.replace(".", "_")]
             gamma, beta = site.effective()
+            if path == "patch_embed" and _fold_into_positions(model, gamma.detach(), beta.detach()):
+                site.hook_handle.remove()
+                continue
             _fold(model.get_submodule(path), gamma.detach(), beta.detach())
             site.hook_handle.remove()
         delattr(model, CONTAINER)

@@ -28,7 +28,18 @@ from tuner.config import SweepConfig
 from tuner.records import FinalResult, StudyEnded, StudyEvent, StudySummary, first_line
 from tuner.sweep.events import actor_name, start_events
 from tuner.sweep.final import final_hash, log_final, run_final
-from tuner.sweep.plan import StudySpec, check_backbone, planned_studies, prepare_data
+from tuner.sweep.plan import (
+    StudySpec,
+    check_backbone,
+    planned_studies,
+    prepare_data,
+)
+from tuner.sweep.preflight import (
+    PendingWatch,
+    autoscaler_report,
+    check_resources,
+    cluster_autoscales,
+)
 from tuner.sweep.progress import ProgressBoard, running_trials
 from tuner.sweep.ray_internals import interrupt_tuner, loopback_only
 from tuner.sweep.reconcile import reconcile
@@ -83,6 +94,11 @@ def init_ray(cfg: SweepConfig) -> bool:
     with loopback_only():
         ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=False)
     return True
+
+
+def alive_nodes() -> list[dict[str, Any]]:
+    """Every alive node's total resources, as ``tuner.sweep.preflight`` reads them."""
+    return [n for n in ray.nodes() if n.get("Alive")]
 
 
 def on_driver_node() -> NodeAffinitySchedulingStrategy:
@@ -345,6 +361,9 @@ def run_sweep(
         local = init_ray(cfg)
         stop.install()  # after ray.init: ours replace Ray's native handlers
         try:
+            waiting = check_resources(cfg, alive_nodes(), cluster_autoscales(cfg))
+            if waiting:  # an autoscaling cluster may yet add a node that fits
+                notify(waiting)
             return _drive(cfg, datasets, resume, on_tick, notify, stop)
         except BaseException:
             if local:  # a sweep that fails or is stopped leaves no Ray of its own behind
@@ -370,6 +389,7 @@ def _drive(
             f"closed {sweep.result.stale_closed} run(s) an earlier run of {cfg.name} left "
             "RUNNING as KILLED/lost (use --resume to continue them instead)"
         )
+    pending = PendingWatch(cfg)
     while sweep.busy:
         if stop.requested:
             interrupted = sweep.interrupt(stop)
@@ -377,8 +397,16 @@ def _drive(
             raise interrupted
         sweep.step()
         sweep.watch_tracking()
+        snapshot = sweep.snapshot()
+        running = running_trials(snapshot["rows"]) + len(sweep.finals)
+        if not running and sweep.tuning is not None:  # nothing runs: is anything stuck?
+            said = pending.tick(1, 0, alive_nodes(), autoscaler_report())
+            if said:
+                notify(said)
+        else:
+            pending.tick(0, running, [])
         if on_tick is not None:
-            on_tick(sweep.snapshot())
+            on_tick(snapshot)
     if on_tick is not None:
         on_tick(sweep.snapshot())
     ray.get(sweep.tracker.close.remote())  # every buffered write reached MLflow, or raise

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.backbones import create_backbone, input_spec, resolve_backbone
+from tuner.backbones.hub import check_pretrained_weights
 from tuner.backbones.weights import fingerprint as weights_fingerprint
 from tuner.config import SweepConfig
 from tuner.data.vtab import DataError
@@ -111,6 +112,7 @@ def prepare_data(cfg: SweepConfig) -> dict[str, dict[str, Any]]:
     from tuner.data.sources import task_digest
     from tuner.data.tasks import task_dir
 
+    check_weights_source(cfg)  # seconds, before minutes of decoding for a sweep that can't run
     inputs = input_spec(cfg.backbone)
     records, problems = {}, []
     for task in cfg.tasks:
@@ -147,6 +149,15 @@ def check_backbone(cfg: SweepConfig) -> None:
     here, naming its keys, instead of in every trial's ``error.txt``."""
     if cfg.backbone_weights:
         create_backbone(cfg.backbone, 2, weights=cfg.backbone_weights)
+
+
+def check_weights_source(cfg: SweepConfig) -> None:
+    """Without ``backbone_weights``, timm's pretrained weights must be cached or
+    downloadable: asked once, in seconds (``check_pretrained_weights``), not after every
+    trial's hub retries; raises ``WeightsUnavailableError`` naming ``backbone_weights``.
+    Cheap (a cache lookup, at most one bounded request), so it runs before data decoding."""
+    if cfg.train.pretrained and not cfg.backbone_weights:
+        check_pretrained_weights(resolve_backbone(cfg.backbone))
 
 
 def study_hash(cfg: SweepConfig, study: StudySpec) -> str:

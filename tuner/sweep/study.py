@@ -102,6 +102,9 @@ def study_tags(cfg: SweepConfig, study: StudySpec) -> dict[str, str]:
         "stage": "tune",
         "study": study.key,
         "sweep": cfg.name,
+        # what each trial holds: a trial killed before it logged device-hours is costed
+        # from its epochs by the leaderboard (tuner.leaderboard.unfinished.spent_hours)
+        "devices": f"{cfg.devices_per_trial:g}",
         **variant_tag(study.fixed),
     }
 
