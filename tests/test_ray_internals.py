@@ -12,7 +12,7 @@ import textwrap
 from ray._private import ray_constants
 from ray.tune import tune as tune_module
 
-from tuner.sweep.ray_internals import interrupt_tuner, loopback_only
+from tuner.sweep.ray_internals import interrupt_tuner, loopback_only, saved_state_readable
 
 
 def test_the_single_machine_switch_exists_and_is_put_back():
@@ -71,4 +71,8 @@ def test_interrupt_reaches_a_tune_loop_in_another_process(tmp_path):
     assert proc.returncode == 0, out[-2000:]
     assert "returned" in out
     assert list(saved.glob("experiment_state-*.json")), "the experiment state was saved"
+    assert saved_state_readable(str(saved))  # the newest state file is whole JSON
+    newest = sorted(saved.glob("experiment_state-*.json"))[-1]
+    newest.write_text(newest.read_text()[:100])  # as a full disk leaves it
+    assert not saved_state_readable(str(saved))
     assert not interrupt_tuner(2**22 + 12345)  # no such process: False, no exception

@@ -10,6 +10,7 @@ pretraining (``pretrain``); ``tuner.cli_studies`` adds the studies' commands (``
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -52,6 +53,9 @@ def run(
     from tuner.tracking.buffered import TrackingError
     from tuner.tracking.lease import SweepLocked
 
+    # MLflow's SQL store logs every failed statement with its traceback before raising it;
+    # the sweep handles what it raises (a full disk is one line), so that log is noise
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     try:
         result = run_pipeline(
             cfg, console, live=progress and console.is_terminal, resume=resume, source=config

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ from tuner.sweep.preflight import (
     cluster_autoscales,
 )
 from tuner.sweep.progress import ProgressBoard, running_trials
-from tuner.sweep.ray_internals import interrupt_tuner, loopback_only
+from tuner.sweep.ray_internals import interrupt_tuner, loopback_only, saved_state_readable
 from tuner.sweep.reconcile import reconcile
 from tuner.sweep.shared_run import TuningOutcome, run_shared
 from tuner.sweep.shutdown import StopRequest, SweepInterrupted
@@ -382,6 +383,14 @@ def _drive(
     stop: StopRequest,
 ) -> SweepResult:
     started = time.time()
+    experiment = f"{cfg.storage_path.rstrip('/')}/{cfg.name}"
+    if resume and Path(experiment).exists() and not saved_state_readable(experiment):
+        notify(
+            f"Ray Tune's saved state in {experiment} is cut short (a full disk?): the "
+            "interrupted studies start again, and their leftover runs are closed as lost"
+        )
+        shutil.rmtree(experiment, ignore_errors=True)
+        resume = False
     sweep = SweepRun(cfg, planned_studies(cfg, datasets), datasets, resume)
     sweep.notify = notify
     if sweep.result.stale_closed:

@@ -14,14 +14,21 @@ moves it, instead of the sweep silently binding every interface or ignoring a st
   sweep's tuning task: it saves the experiment state one last time (trials still RUNNING,
   so ``Tuner.restore`` continues them) and returns. SIGINT is the driver's own (Ctrl-C), so
   the driver sends the tuning task SIGUSR1.
+* ``saved_state_readable``: Ray Tune keeps an experiment's state in
+  ``experiment_state-<time>.json`` files and restores from the newest. A disk that filled
+  while it wrote leaves that file cut short; ``Tuner.restore`` then logs "Failed to restore
+  the run state", silently starts the experiment over with a half-restored searcher, and
+  hangs. So the driver checks the newest file parses before it asks for a restore.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 
 from ray._private import ray_constants
 
@@ -42,5 +49,20 @@ def interrupt_tuner(pid: int) -> bool:
     try:
         os.kill(pid, signal.SIGUSR1)
     except ProcessLookupError:
+        return False
+    return True
+
+
+def saved_state_readable(experiment: str) -> bool:
+    """Whether the newest Ray Tune experiment state under ``experiment`` (a local folder)
+    is whole. Remote storage (``s3://``...) is not checked: True."""
+    if "://" in experiment:
+        return True
+    states = sorted(Path(experiment).glob("experiment_state-*.json"))
+    if not states:
+        return False
+    try:
+        json.loads(states[-1].read_text())
+    except (OSError, ValueError):
         return False
     return True
