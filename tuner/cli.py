@@ -71,6 +71,13 @@ def run(
         command = resume_command(config, preset, set_)
         console.print(interrupted_block(stop, command), soft_wrap=True, highlight=False)
         raise typer.Exit(stop.exit_code) from None
+    except Exception as err:  # a full disk, wherever it surfaced: one line, not a traceback
+        from tuner.diskspace import disk_full_message
+
+        message = disk_full_message(cfg.out_dir, err)
+        if message is None:
+            raise
+        fail(message, 1)
     if result.failed or not result.outputs:
         raise typer.Exit(1)
 
