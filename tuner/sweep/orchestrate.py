@@ -398,7 +398,9 @@ def _drive(
             f"closed {sweep.result.stale_closed} run(s) an earlier run of {cfg.name} left "
             "RUNNING as KILLED/lost (use --resume to continue them instead)"
         )
-    pending = PendingWatch(cfg)
+    # Only a cluster that can add nodes waits on purpose: on a fixed one check_resources
+    # has shown a trial fits, and a slow start is not a request nothing can hold.
+    pending = PendingWatch(cfg) if cluster_autoscales(cfg) else None
     while sweep.busy:
         if stop.requested:
             interrupted = sweep.interrupt(stop)
@@ -408,11 +410,11 @@ def _drive(
         sweep.watch_tracking()
         snapshot = sweep.snapshot()
         running = running_trials(snapshot["rows"]) + len(sweep.finals)
-        if not running and sweep.tuning is not None:  # nothing runs: is anything stuck?
-            said = pending.tick(1, 0, alive_nodes(), autoscaler_report())
+        if pending is not None and not running and sweep.tuning is not None:
+            said = pending.tick(1, 0, alive_nodes(), autoscaler_report())  # stuck?
             if said:
                 notify(said)
-        else:
+        elif pending is not None:
             pending.tick(0, running, [])
         if on_tick is not None:
             on_tick(snapshot)

@@ -38,6 +38,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from mlflow import MlflowClient
+
+from tuner.records import first_line
 from mlflow.entities import RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
@@ -258,7 +260,7 @@ class SweepLease:
             try:
                 reason = self._check(experiment_id)
             except Exception as err:  # MLflow down: try again next beat
-                log.warning("sweep lease heartbeat failed (retrying): %s", err)
+                log.warning("sweep lease heartbeat failed (retrying): %s", first_line(err))
                 continue
             if reason:
                 self.lost_reason = reason
