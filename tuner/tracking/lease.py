@@ -38,12 +38,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from mlflow import MlflowClient
-
-from tuner.records import first_line
 from mlflow.entities import RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
+from tuner.records import first_line
 from tuner.tracking.client import EXPERIMENT_KIND, MODEL_TRAINING
 
 log = logging.getLogger(__name__)
