@@ -156,5 +156,5 @@ def test_unique_finals_keeps_runs_without_a_hash():
         {"run_id": "e", "start_time": 5, "tags": {"seed": "1"}},
     ]
     kept, duplicates = unique_finals(runs)
-    assert [r["run_id"] for r in kept] == ["a", "c", "d", "e"]
+    assert [r["run_id"] for r in kept] == ["a", "c", "d", "e"]  # the oldest copy; given order
     assert [(d.run_id, d.kept, d.seed) for d in duplicates] == [("b", "a", 1)]
