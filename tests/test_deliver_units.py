@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.conftest import give_sensitivity
 from tuner import methods
 from tuner.data.cache import _decode_image
 from tuner.deliver import DeliverError
@@ -146,7 +147,7 @@ def _rebuilt(method_name: str, **hp) -> Rebuilt:
 
     torch.manual_seed(0)
     model = create_backbone(TINY_NAME, 5, pretrained=False)
-    method = methods.get(method_name, **hp)
+    method = give_sensitivity(methods.get(method_name, **hp), model)
     method.apply(model)
     with torch.no_grad():
         for _, p in method.trainable_parameters(model):
@@ -157,18 +158,23 @@ def _rebuilt(method_name: str, **hp) -> Rebuilt:
                    (x, torch.zeros(6, dtype=torch.long)))  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    "name,plain", [("lora", True), ("bitfit", True), ("adapter_houlsby", False)]
-)
-def test_package_round_trip(tmp_path, name, plain):
+#: Methods that merge (or add nothing) give plain timm folders; the others need petl-sweep.
+PLAIN = ("linear", "full", "bitfit", "layernorm", "ssf", "lora", "repadapter", "fact_tt",
+         "fact_tk", "spt_lora")  # fmt: skip
+
+
+@pytest.mark.parametrize("name", methods.list_methods())
+def test_package_round_trip(tmp_path, name):
+    plain = name in PLAIN
     rebuilt = _rebuilt(name)
     x = rebuilt.test[0]
     with torch.no_grad():
         want = rebuilt.model((x.float() / 255 - 0.5) / 0.5)
     exported = export_model(rebuilt, tmp_path / "pkg", {"run_id": "r1"})
     assert exported.plain is plain
-    names = sorted(p.name for p in (tmp_path / "pkg").iterdir())
-    assert names == ["README.md", "config.json", "model.safetensors"]
+    names = {p.name for p in (tmp_path / "pkg").iterdir()}
+    scores = {"scores.safetensors"} if rebuilt.method.needs_prepare() and not plain else set()
+    assert names == {"README.md", "config.json", "model.safetensors"} | scores
     readme = (tmp_path / "pkg" / "README.md").read_text()
     assert ("timm.create_model(" in readme) is plain and ("needs petl-sweep" in readme) is not plain
     classifier = load_package(tmp_path / "pkg")

@@ -29,8 +29,10 @@ def study(tracker, task, method, status, outcome=None, error=None):
     return key, tags
 
 
-def trial(tracker, parent, tags, name, status, metrics=None, history=(), devices=None):
-    """A trial run; ``history``: its epoch_time_s per step (1, 2, ...)."""
+def trial(tracker, parent, tags, name, status, metrics=None, history=(), devices=None,
+          outcome="interrupted"):  # fmt: skip
+    """A trial run; ``history``: its epoch_time_s per step (1, 2, ...); a KILLED one ends
+    30 s after it started, with ``outcome``."""
     key = f"{parent}/{name}"
     extra = {"devices": devices} if devices is not None else {}
     tracker.start_run(key, name, {**tags, **extra}, parent=parent, start_time=T0)
@@ -39,7 +41,7 @@ def trial(tracker, parent, tags, name, status, metrics=None, history=(), devices
     if metrics:
         tracker.log_metrics(key, metrics, 0)
     if status != "RUNNING":
-        tracker.end_run(key, status, {"outcome": "lost"} if status == "KILLED" else None,
+        tracker.end_run(key, status, {"outcome": outcome} if status == "KILLED" else None,
                         end_time=T0 + 30)  # fmt: skip
 
 
@@ -75,6 +77,8 @@ def planted(tmp_path_factory):
     key, tags = study(tracker, "synth/count", "linear", "KILLED", outcome="interrupted")
     trial(tracker, key, tags, "t0", "KILLED", history=(10.0, 12.0), devices=2)
     trial(tracker, key, tags, "t1", "KILLED")  # no epoch logged: its wall time, 1 device
+    # closed as lost by a later start: its end time is not when it stopped, so it counts 0
+    trial(tracker, key, tags, "t2", "KILLED", outcome="lost")
     # synth/scenes: lora final, bitfit still RUNNING, linear failed
     study(tracker, "synth/scenes", "lora", "FINISHED")
     final(tracker, "synth/scenes", "lora", 150, "h-scenes-lora", T0)
@@ -138,7 +142,8 @@ def test_lost_device_hours_count_the_epochs_killed_trials_ran(planted):
     uri, _, paths = planted
     records = collect([TrackingService(uri, "half", create=False)])
     lost = records.lost_hours[("b", "p", "linear")]
-    # t0: epochs of 10 s + 12 s on 2 devices; t1: no epoch, 30 s of wall time on 1 device
+    # t0: epochs of 10 s + 12 s on 2 devices; t1: no epoch, 30 s of wall time on 1 device;
+    # t2: no epoch, and a crash leftover's end time says nothing: 0
     assert lost == pytest.approx((2 * 22.0 + 30.0) / 3600)
     assert records.tune_hours[("b", "p", "bitfit")] == pytest.approx(1.0)  # two 0.5 h trials
     table = paths["markdown"].read_text()
@@ -156,5 +161,5 @@ def test_unique_finals_keeps_runs_without_a_hash():
         {"run_id": "e", "start_time": 5, "tags": {"seed": "1"}},
     ]
     kept, duplicates = unique_finals(runs)
-    assert [r["run_id"] for r in kept] == ["a", "c", "d", "e"]
+    assert [r["run_id"] for r in kept] == ["a", "c", "d", "e"]  # the oldest copy; given order
     assert [(d.run_id, d.kept, d.seed) for d in duplicates] == [("b", "a", 1)]

@@ -69,7 +69,7 @@ def models(
         return
     table = Table(title=f"{experiment}: champions (chosen on validation; test shown, never used)")
     for col in ("task", "champion", "val acc", "test acc", "trainable", "total", "model URI"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")  # a URI is copied, never cut with "…"
     for r in rows:
         uri = r["model_uri"] or "not registered (petl-sweep register)"
         if r["model_uri"] and not r["alias_on_this_sweep"]:

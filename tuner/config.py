@@ -103,6 +103,23 @@ class SearchSettings(_Strict):
         False, description="seed TPE with the same method's chosen configs on other tasks"
     )
     warm_start_top: int = Field(3, ge=1, description="warm-start points per study, at most")
+    prior: str | None = Field(
+        None,
+        description="a replay table (petl_vision_vtab1k, or a CSV/parquet path): TPE first "
+        "tries the method's configurations that came within prior_eps of the best on most of "
+        "the table's other tasks (tuner.replay.prior; bench/replay_strategies.py)",
+    )
+    prior_top: int = Field(16, ge=1, description="prior points per study, at most")
+    prior_eps: float = Field(0.01, ge=0, description="prior: 'near the best' on a task")
+
+    @field_validator("prior")
+    @classmethod
+    def _prior_exists(cls, value: str | None) -> str | None:
+        if value is not None:
+            from tuner.replay.table import resolve
+
+            resolve(value)  # a TableError (a ValueError) names the shipped tables
+        return value
 
 
 class TrainSettings(_Strict):

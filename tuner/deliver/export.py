@@ -74,8 +74,12 @@ def pretrained_cfg(rebuilt: Rebuilt) -> dict[str, Any]:
 
 
 def _plain_state(
-    model: nn.Module, arch: str, kwargs: dict[str, Any], num_classes: int,
-    probe: torch.Tensor, reference: torch.Tensor,
+    model: nn.Module,
+    arch: str,
+    kwargs: dict[str, Any],
+    num_classes: int,
+    probe: torch.Tensor,
+    reference: torch.Tensor,
 ) -> dict[str, torch.Tensor] | None:
     """``model``'s state dict if a plain timm ``arch`` loads it strictly and reproduces
     ``reference`` on ``probe``; else None."""

@@ -51,7 +51,8 @@ def predict_files(
         for start in range(0, total, batch):
             images, kept, labels = [], [], []
             for path, label in zip(
-                inputs.paths[start : start + batch], inputs.labels[start : start + batch],
+                inputs.paths[start : start + batch],
+                inputs.labels[start : start + batch],
                 strict=True,
             ):
                 try:
@@ -67,8 +68,10 @@ def predict_files(
                 frame["true_label"] = labels
                 rows.append(frame)
             progress.advance(task, min(batch, total - start))
-    table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(
-        {"path": [], "label": [], "prob": [], "true_label": []}
+    table = (
+        pd.concat(rows, ignore_index=True)
+        if rows
+        else pd.DataFrame({"path": [], "label": [], "prob": [], "true_label": []})
     )
     if not (table["true_label"] >= 0).any():
         table = table.drop(columns="true_label")

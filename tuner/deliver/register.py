@@ -83,7 +83,10 @@ def about(c: Candidate, rebuilt: Rebuilt) -> dict[str, Any]:
 
 
 def package_candidate(
-    tracker: Any, c: Candidate, runs: dict[str, dict[str, Any]], out: Path,
+    tracker: Any,
+    c: Candidate,
+    runs: dict[str, dict[str, Any]],
+    out: Path,
     data_root: str | None = None,
 ) -> tuple[Any, Rebuilt]:
     """Rebuild ``c``'s final run and export it into ``out``."""
@@ -106,8 +109,14 @@ def log_candidate(
         exported, rebuilt = package_candidate(tracker, c, runs, Path(tmp) / "package", data_root)
         example = pd.DataFrame({"image": [data_uri(rebuilt.test[0][0])]})
         model_id, _ = registry.log_package(
-            uri, c.run_id, exported.path, LOADER, example, bool(exported.config["label_names"]),
-            PACKAGE_FORMAT, [*REQUIREMENTS, f"petl-sweep=={project_version()}"],
+            uri,
+            c.run_id,
+            exported.path,
+            LOADER,
+            example,
+            bool(exported.config["label_names"]),
+            PACKAGE_FORMAT,
+            [*REQUIREMENTS, f"petl-sweep=={project_version()}"],
         )
     return model_id, exported.config
 
@@ -165,8 +174,13 @@ def register_candidate(
         registry.set_alias(uri, name, ALIAS, version.version)
     held = version.version if moved else current.version  # type: ignore[union-attr]
     return Delivered(
-        c, name, version.version, registry.model_uri(name, ALIAS), held,
-        moved, created,
+        c,
+        name,
+        version.version,
+        registry.model_uri(name, ALIAS),
+        held,
+        moved,
+        created,
     )
 
 
@@ -179,10 +193,10 @@ def register_experiment(
     found, runs = sweep_candidates(tracker)
     chosen = select(found)
     done = [register_candidate(tracker, c, runs, data_root) for c in chosen]
-    if every_run:
+    if every_run:  # every seed of every study (the shipped ones reuse their model)
         for c in found:
             for run in runs.values():
-                if run["tags"].get("study") == c.study and run["run_id"] != c.run_id:
+                if run["tags"].get("study") == c.study:
                     test = float(run["metrics"]["test/acc"])
                     log_candidate(tracker, replace(c, run_id=run["run_id"], test_acc=test),
                                   runs, data_root)  # fmt: skip

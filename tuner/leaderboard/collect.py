@@ -111,9 +111,11 @@ def final_identity(run: dict[str, Any]) -> tuple[str, str] | None:
 
 
 def unique_finals(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[Duplicate]]:
-    """``runs`` less copies: per (final_hash, seed) the first run (oldest start) is kept."""
+    """``runs`` less copies: per (final_hash, seed) the first run (oldest start) is kept;
+    the kept runs stay in their given order."""
     kept: dict[tuple[str, str], str] = {}
-    out, duplicates = [], []
+    chosen: set[str] = set()
+    duplicates: list[Duplicate] = []
     for run in sorted(runs, key=lambda r: (r.get("start_time") or 0, r["run_id"])):
         identity = final_identity(run)
         if identity is not None and identity in kept:
@@ -125,8 +127,8 @@ def unique_finals(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], lis
             continue
         if identity is not None:
             kept[identity] = run["run_id"]
-        out.append(run)
-    return out, duplicates
+        chosen.add(run["run_id"])
+    return [r for r in runs if r["run_id"] in chosen], duplicates
 
 
 def final_runs(

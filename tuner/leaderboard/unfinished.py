@@ -9,8 +9,9 @@ winner on those tasks and the note names them.
 
 Trials killed with their sweep never logged ``device_hours`` (the callback logs it when a
 trial ends), so their cost read as zero; ``spent_hours`` counts what they did run: the
-sum of their ``epoch_time_s`` steps, or their wall time, times the devices each trial
-held (the run's ``devices`` tag; 1 for runs logged before it existed).
+sum of their ``epoch_time_s`` steps, or their wall time (when their end time is when they
+stopped: an interrupted run, not a crash leftover closed later), times the devices each
+trial held (the run's ``devices`` tag; 1 for runs logged before it existed).
 """
 
 from __future__ import annotations
@@ -82,12 +83,21 @@ def missing_studies(
 def spent_hours(tracker: TrackingService, run: dict[str, Any]) -> float:
     """A trial's device-hours: its logged ``device_hours``, else what its epochs took
     (``epoch_time_s`` per step, the last value where a resumed trial logged a step
-    twice), else its wall time; times the devices it held."""
+    twice), else its wall time (``wall_seconds``); times the devices it held."""
     if "device_hours" in run["metrics"]:
         return float(run["metrics"]["device_hours"])
     devices = float(run["tags"].get("devices", 1.0))
     steps = dict(tracker.metric_history(run["run_id"], "epoch_time_s"))
     seconds = float(sum(steps.values()))
-    if not seconds and run.get("end_time") and run.get("start_time"):
-        seconds = (run["end_time"] - run["start_time"]) / 1000
+    if not seconds:
+        seconds = wall_seconds(run)
     return seconds * devices / 3600
+
+
+def wall_seconds(run: dict[str, Any]) -> float:
+    """Start to end of a run, when its end is when it stopped: not for ``outcome=lost``,
+    which a later start closed, perhaps days after its driver died (0 then)."""
+    start, end = run.get("start_time"), run.get("end_time")
+    if not start or not end or run["tags"].get("outcome") == "lost":
+        return 0.0
+    return (end - start) / 1000

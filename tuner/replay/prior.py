@@ -8,15 +8,18 @@ Two rules, both blind to the study's own task:
 * ``prior_points``: each configuration of the method ranked by the share of other tasks on
   which it came within ``eps`` of that task's best (ties: mean normalised accuracy, then table
   order). On the VTAB-1k grids this order finds a near-best configuration sooner than the
-  engine's rule, which favours the easiest tasks' choices (see bench/RESULTS.md).
+  engine's rule, which favours the easiest tasks' choices (see bench/RESULTS.md). A sweep
+  with ``search.prior: TABLE`` asks ``sweep_prior`` for these points when a study opens.
 """
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
 from typing import Any
 
 from tuner.records import METRIC
-from tuner.replay.table import ReplayTable, config_key
+from tuner.replay.table import ReplayTable, config_key, load_table
 from tuner.sweep.spaces import Domain
 from tuner.sweep.warm_start import coerce, warm_points
 
@@ -59,10 +62,12 @@ def prior_points(
     space: dict[str, Domain],
     top: int,
     eps: float = 0.01,
+    fill: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Up to ``top`` configurations of ``method`` in the prior's order (see the module doc),
     each expressed in ``space``'s values (keys outside ``space`` dropped); a configuration
-    that lacks a key of ``space`` or has a value outside its domain is skipped."""
+    that lacks a key of ``space`` (after ``fill``: values for keys the table never varied,
+    such as the sweep's fixed drop path) or has a value outside its domain is skipped."""
     score: dict[str, list[float]] = {}
     first: dict[str, dict[str, Any]] = {}
     for task, m in table.studies():
@@ -81,7 +86,7 @@ def prior_points(
     order = sorted(score, key=lambda k: (-score[k][0] / score[k][2], -score[k][1] / score[k][2]))
     points: list[dict[str, Any]] = []
     for key in order:
-        config = first[key]
+        config = {**(fill or {}), **first[key]}
         if not set(space) <= set(config):
             continue
         fitted = {k: coerce(str(config[k]), space[k]) for k in space}
@@ -91,3 +96,40 @@ def prior_points(
         if len(points) == top:
             break
     return points
+
+
+@functools.lru_cache(maxsize=4)
+def _table(name_or_path: str) -> ReplayTable:
+    return load_table(name_or_path)
+
+
+def method_defaults(method: str) -> dict[str, Any]:
+    """A registered method's hyper-parameter defaults ({} for a method not registered)."""
+    from tuner import methods
+
+    try:
+        return dict(methods.method_class(method).defaults())
+    except (KeyError, ValueError):
+        return {}
+
+
+def with_prior(
+    cfg: Any, task: str, method: str, space: dict[str, Domain], warm: list[tuple[dict, str]]
+) -> list[tuple[dict[str, Any], str]]:
+    """A sweep study's warm points with ``search.prior``'s first, as (configuration,
+    ``prior:<table>``); ``warm`` (the engine's warm start) follows, less repeats.
+
+    Leave-one-task-out as in the replay: the study's own task never contributes. A method
+    the table does not hold gets no prior points. Keys the space searches and the table
+    never varied take what a grid run would have used: the sweep's fixed drop path, else
+    the method's default (VPT's prompt_dropout)."""
+    search = cfg.search
+    loaded = _table(search.prior)
+    if all(m != method for _, m in loaded.studies()):
+        return warm
+    fill = method_defaults(method)
+    if cfg.train.drop_path is not None:
+        fill["drop_path"] = cfg.train.drop_path
+    found = prior_points(loaded, method, task, space, search.prior_top, search.prior_eps, fill)
+    source = f"prior:{Path(search.prior).stem}"
+    return [(p, source) for p in found] + [w for w in warm if w[0] not in found]

@@ -1,8 +1,9 @@
 """The strategies ``petl-sweep replay`` compares, and ``default``: what a preset's sweep does.
 
-``default`` reads the preset's search settings (``tuner/presets/*_tpe_asha.yaml`` through
-``SweepConfig``): its trials per study (``tune.num_samples``), its warm start
-(``search.warm_start`` and ``warm_start_top``: the engine's rule, fed with the table's other
+``default`` reads the preset's search settings (``tuner/presets/*_tpe_asha.yaml``): its trials
+per study (``tune.num_samples``), its prior (``search.prior``, ``prior_top``: the replayed
+table's other tasks stand in for the prior's table) or else its warm start
+(``search.warm_start``, ``warm_start_top``: the engine's rule, fed with the table's other
 tasks) and ASHA (``tune.early_stopping``, ``grace_period``, ``reduction_factor``). In a replay
 its TPE searches the table's values, not the preset's continuous ranges: only recorded
 configurations have results.
@@ -25,12 +26,13 @@ def preset_strategy(preset: str = DEFAULT_PRESET, name: str = "default") -> tupl
 
     tune_s = TuneSettings(**tune)
     search_s = SearchSettings(**search)
-    warm = "best" if search_s.warm_start else ""
+    warm = "prior" if search_s.prior else "best" if search_s.warm_start else ""
+    top = search_s.prior_top if search_s.prior else search_s.warm_start_top
     strategy = Strategy(
         name,
         "grid" if search_s.sampler == "grid" else "tpe",
         warm=warm,
-        warm_top=search_s.warm_start_top if warm else 0,
+        warm_top=top if warm else 0,
         budget=tune_s.num_samples,
         asha=tune_s.early_stopping,
     )

@@ -14,6 +14,7 @@ from rich.live import Live
 
 from tuner.config import SweepConfig
 from tuner.leaderboard.build import build, publish
+from tuner.records import first_line
 from tuner.sweep.orchestrate import SweepResult, run_sweep
 from tuner.sweep.progress import render
 from tuner.sweep.utilisation import slot_utilisation
@@ -62,7 +63,12 @@ def run_pipeline(
         display.update(render(last, cfg.name), refresh=True)
     try:
         paths, tracker = build(
-            cfg.tracking_uri, [cfg.experiment], out_dir, f"petl-sweep: {cfg.name}"
+            cfg.tracking_uri,
+            [cfg.experiment],
+            out_dir,
+            f"petl-sweep: {cfg.name}",
+            planned=[(task, method) for task in cfg.tasks for method in cfg.methods],
+            seeds=cfg.final.seeds,
         )
     except ValueError as err:
         console.print(f"[red]nothing to rank: {err}[/]")
@@ -92,8 +98,37 @@ def run_pipeline(
         soft_wrap=True,
         highlight=False,
     )
+    if cfg.final.register_champions and result.finals:
+        register_champions(cfg, console)
     report_failures(result, console)
     return result
+
+
+def register_champions(cfg: SweepConfig, console: Console) -> None:
+    """Register each task's champion (``final.register``) and print it with its URI; a
+    failure here is reported, not raised: the sweep's results are already safe in MLflow."""
+    from tuner.deliver import DeliverError
+    from tuner.deliver.register import register_experiment
+
+    try:
+        done = register_experiment(cfg.tracking_uri, cfg.experiment, str(cfg.data_root))
+    except Exception as err:  # registry refused, store full, ...: the sweep itself succeeded
+        reason = str(err) if isinstance(err, DeliverError) else first_line(err)
+        console.print(
+            f"champions not registered: {reason}\n"
+            f"(petl-sweep register --experiment {cfg.experiment} retries)",
+            style="red", markup=False, highlight=False, soft_wrap=True,
+        )  # fmt: skip
+        return
+    console.print("[bold]Champions[/] (best validation accuracy per task), alias 'champion':")
+    for d in done:
+        c = d.champion
+        held = "" if d.alias_version == d.version else f", alias kept on v{d.alias_version}"
+        console.print(
+            f"  {c.task}: {c.method} val {c.val_acc:.3f} test {c.test_acc_mean:.3f} → "
+            f"{d.uri} (v{d.version}{held})",
+            soft_wrap=True, highlight=False, markup=False,
+        )  # fmt: skip
 
 
 def report_failures(result: SweepResult, console: Console) -> None:

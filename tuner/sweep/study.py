@@ -21,6 +21,7 @@ from tuner import methods
 from tuner.backbones import resolve_backbone
 from tuner.config import SweepConfig
 from tuner.records import METRIC, StudySummary, TrialRecord, variant_tag
+from tuner.replay.prior import with_prior
 from tuner.sweep.multiplex import Closing, Opened
 from tuner.sweep.plan import StudySpec
 from tuner.sweep.searcher import tpe_searcher
@@ -164,6 +165,9 @@ def open_study(cfg: SweepConfig, study: StudySpec, tracker: Any, board: Any) -> 
             opened.warm = warm_points(earlier, study.task, searched, cfg.search.warm_start_top)
             count = {"search.warm_start_points": len(opened.warm)}
             ray.get(tracker.log_params.remote(study.key, count))
+        if cfg.search.prior:  # a replay table's evidence first (tuner.replay.prior)
+            opened.warm = with_prior(cfg, study.task, study.method, searched, opened.warm)
+            ray.get(tracker.log_params.remote(study.key, {"search.prior": cfg.search.prior}))
         first = [p for p, _ in opened.warm]
         opened.searcher = tpe_searcher(study.seed, cfg.tune.max_epochs, first)
         opened.searcher.set_search_properties(METRIC, "max", to_ray_space(searched, False))

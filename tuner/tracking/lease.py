@@ -205,8 +205,7 @@ class SweepLease:
         experiment_id = self._experiment_id()
         now = time.time()
         tags = {
-            "stage": STAGE,
-            "sweep": self.experiment,
+            "stage": STAGE,  # (no ``sweep`` tag: queries over a sweep's runs pass it by)
             PREFIX + "owner": self.owner,
             PREFIX + "host": self.host,
             PREFIX + "pid": str(self.pid),

@@ -9,6 +9,7 @@ version of that logged model returns it. Only the alias this project owns is eve
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -85,6 +86,9 @@ def log_package(
         source_run_id=run_id,
         tags={PACKAGE_TAG: str(package_format)},
     )
+    quiet = logging.getLogger("mlflow.pyfunc")  # its "validating input example" line per model
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(tmp) / "model"
@@ -102,6 +106,8 @@ def log_package(
     except BaseException:
         client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
         raise
+    finally:
+        quiet.setLevel(level)
     client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
     client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
     return logged.model_id, True
