@@ -222,3 +222,19 @@ def test_the_tiny_backbone_passes_from_its_shipped_file():
     from tuner.backbones import TINY_NAME, TINY_WEIGHTS
 
     assert check_pretrained_weights(TINY_NAME) == TINY_WEIGHTS
+
+
+def test_a_sweep_asking_for_a_gpu_on_this_machine_stops_before_any_trial(tmp_path):
+    """Through the real sweep: a GPU-less local Ray, one GPU per trial. It used to print
+    nothing after Ray started, for as long as anyone waited."""
+    done, _ = petl(
+        "--set", "tasks=[synth/count]", "--set", "methods=[linear]",
+        "--set", f"data_root={tmp_path / 'data'}", "--set", f"out_dir={tmp_path / 'out'}",
+        "--set", "resources.gpus_per_trial=1", "--set", "ray.num_cpus=2",
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output[-3000:]
+    assert "Traceback" not in output
+    line = " ".join(output.rsplit("error:", 1)[-1].split())
+    assert line.startswith("resources.gpus_per_trial = 1: each trial asks for 1 CPUs and 1 GPUs")
+    assert "largest node" in line
