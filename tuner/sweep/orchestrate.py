@@ -14,7 +14,6 @@ Ctrl-C and SIGTERM take one clean path (``tuner.sweep.shutdown``).
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -23,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from tuner.config import SweepConfig
 from tuner.records import FinalResult, StudyEnded, StudyEvent, StudySummary, first_line
+from tuner.sweep.cluster import alive_nodes, init_ray, on_driver_node, start_tracker
 from tuner.sweep.events import actor_name, start_events
 from tuner.sweep.final import final_hash, log_final, run_final
 from tuner.sweep.plan import (
@@ -42,13 +41,13 @@ from tuner.sweep.preflight import (
     cluster_autoscales,
 )
 from tuner.sweep.progress import ProgressBoard, running_trials
-from tuner.sweep.ray_internals import interrupt_tuner, loopback_only, saved_state_readable
+from tuner.sweep.ray_internals import interrupt_tuner, saved_state_readable
 from tuner.sweep.reconcile import reconcile
 from tuner.sweep.shared_run import TuningOutcome, run_shared
 from tuner.sweep.shutdown import StopRequest, SweepInterrupted
 from tuner.sweep.study import study_run_tags
 from tuner.sweep.utilisation import slots
-from tuner.tracking.buffered import BufferedTracker, TrackingError
+from tuner.tracking.buffered import TrackingError
 from tuner.tracking.client import check_access
 from tuner.tracking.lease import SweepLease
 from tuner.tracking.store import ensure_store
@@ -81,47 +80,6 @@ class SweepResult:
     @property
     def trials(self) -> list[Any]:
         return [t for s in self.studies.values() for t in s.trials]
-
-
-def init_ray(cfg: SweepConfig) -> bool:
-    """Join the configured cluster, or start a local Ray on loopback; True if started here."""
-    if ray.is_initialized():
-        return False
-    # Inside a Ray job (``ray job submit`` / RayJob) RAY_ADDRESS names the cluster to join.
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-        return False
-    with loopback_only():
-        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=False)
-    return True
-
-
-def alive_nodes() -> list[dict[str, Any]]:
-    """Every alive node's total resources, as ``tuner.sweep.preflight`` reads them."""
-    return [n for n in ray.nodes() if n.get("Alive")]
-
-
-def on_driver_node() -> NodeAffinitySchedulingStrategy:
-    """Pin to the driver's node: the tracker, the board, the event queue and the tuning task
-    hold a sweep's bookkeeping, and on a worker node they would die with it. Trials and final
-    retrains run anywhere and are retried from their checkpoints when a node is lost."""
-    return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-
-
-def start_tracker(cfg: SweepConfig) -> Any:
-    """The sweep's one tracker actor (every MLflow write goes through it), on the driver's
-    node, journaling to ``out_dir/.tracking-journal/<name>`` while MLflow is away."""
-    return (
-        ray.remote(num_cpus=0)(BufferedTracker)
-        .options(name=actor_name(cfg.name, "tracker"), scheduling_strategy=on_driver_node())
-        .remote(
-            cfg.tracking_uri,
-            cfg.experiment,
-            cfg.artifact_root,
-            journal=Path(cfg.out_dir).resolve() / ".tracking-journal" / cfg.name,
-        )
-    )
 
 
 class SweepRun:
