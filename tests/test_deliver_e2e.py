@@ -41,10 +41,10 @@ from tuner.deliver.register import (
     register_candidate,
     sweep_candidates,
 )
-from tuner.records import PARENT_RUN_TAG
 from tuner.sweep.pipeline import run_pipeline
 from tuner.tracking import registry
 from tuner.tracking.artifacts import read_predictions
+from tuner.tracking.names import PARENT_RUN_TAG
 
 TASKS = ["synth/objects", "synth/count"]
 SERVED, ALIASED = TASKS  # the alias test moves the alias of its own task only
