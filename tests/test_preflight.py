@@ -227,10 +227,17 @@ def test_the_tiny_backbone_passes_from_its_shipped_file():
 def test_a_sweep_asking_for_a_gpu_on_this_machine_stops_before_any_trial(tmp_path):
     """Through the real sweep: a GPU-less local Ray, one GPU per trial. It used to print
     nothing after Ray started, for as long as anyone waited."""
-    done, _ = petl(
-        "--set", "tasks=[synth/count]", "--set", "methods=[linear]",
-        "--set", f"data_root={tmp_path / 'data'}", "--set", f"out_dir={tmp_path / 'out'}",
-        "--set", "resources.gpus_per_trial=1", "--set", "ray.num_cpus=2",
+    import yaml
+
+    sweep = tmp_path / "gpu.yaml"
+    sweep.write_text(yaml.safe_dump({
+        "name": "gpu", "tasks": ["synth/count"], "methods": ["linear"],
+        "data_root": str(tmp_path / "data"), "out_dir": str(tmp_path / "out"),
+        "resources": {"gpus_per_trial": 1}, "ray": {"num_cpus": 2},
+    }))  # fmt: skip
+    done = subprocess.run(
+        [str(BIN / "petl-sweep"), "run", str(sweep), "--no-progress"],
+        capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     output = done.stdout + done.stderr
     assert done.returncode == 2, output[-3000:]
