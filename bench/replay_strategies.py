@@ -7,10 +7,13 @@ start only ever reads other tasks (leave-one-task-out), so a study never sees it
 1. Candidates on the choosing tasks (``--select-seeds`` seeds): TPE warm-started by the
    table prior (``tuner.replay.prior.prior_points``) or the engine's rule (the best
    configuration of the best other-task studies), ``top`` warm points, ``budget`` trials.
-   The pick: the largest ``ratio_vs_grid`` with ``hit_rate`` >= ``--min-hit``.
-2. The pick and the standard strategies (grid, random, tpe, warm, default) on the reporting
-   tasks and on the whole table with ``--seeds`` seeds; the regret figure of the latter; every
-   candidate on the reporting tasks too (``--select-seeds``), for what other goals would take.
+   The pick: the largest ``ratio_vs_grid`` with ``hit_rate`` >= ``--min-hit``. With
+   ``top`` >= budget the run is the prior's order alone and the seed changes nothing.
+2. Every candidate on the reporting tasks (``--select-seeds``: what other goals would take),
+   then grid, random, the preset's search before (TPE, 8 trials) and now (``default``) and
+   the pick with ``--seeds`` seeds, and their regret figure; TPE and the engine's warm start
+   without a budget (each study's grid size) with ``--slow-seeds``. The JSON is written
+   after each phase. (``petl-sweep replay petl_vision_vtab1k`` gives the whole table's.)
 
     python bench/replay_strategies.py --jobs 2            # the full run (bench/RESULTS.md)
     python bench/replay_strategies.py --quick             # a smoke run, about a minute
@@ -27,7 +30,7 @@ from typing import Any
 from tuner.replay.compare import Strategy
 from tuner.replay.plot import regret_figure
 from tuner.replay.runner import compare
-from tuner.replay.strategies import preset_strategy, standard
+from tuner.replay.strategies import preset_strategy
 from tuner.replay.summary import summarise
 from tuner.replay.table import ReplayTable, load_table
 
@@ -35,12 +38,14 @@ HERE = Path(__file__).resolve().parent
 
 
 def candidates(budgets: list[int], tops: list[int]) -> list[Strategy]:
+    """The prior with ``top`` points then TPE (``top`` >= budget: the prior order alone), and
+    the engine's warm rule with every other task's best then TPE."""
     out = []
-    for rule in ("prior", "best"):
-        for budget in budgets:
-            for top in tops:
-                k = min(top, budget)
-                out.append(Strategy(f"{rule}{k}/b{budget}", "tpe", rule, k, budget))
+    for budget in budgets:
+        for top in tops:
+            k = min(top, budget)
+            out.append(Strategy(f"prior{k}/b{budget}", "tpe", "prior", k, budget))
+        out.append(Strategy(f"best{budget}/b{budget}", "tpe", "best", budget, budget))
     return out
 
 
@@ -67,11 +72,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--table", default="petl_vision_vtab1k")
     parser.add_argument("--seeds", type=int, default=20)
-    parser.add_argument("--select-seeds", type=int, default=5)
+    parser.add_argument("--select-seeds", type=int, default=2)
+    parser.add_argument("--slow-seeds", type=int, default=5, help="for unbudgeted tpe, warm")
     parser.add_argument("--eps", type=float, default=0.01)
     parser.add_argument("--min-hit", type=float, default=0.92)
-    parser.add_argument("--budgets", default="8,12,16,20,24")
-    parser.add_argument("--tops", default="3,100")
+    parser.add_argument("--budgets", default="12,16,20,24")
+    parser.add_argument("--tops", default="4,100")
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="3 seeds, 2 budgets, every 4th study")
     parser.add_argument("--out", type=Path, default=HERE / "replay_strategies.json")
@@ -83,25 +89,24 @@ def main() -> None:
     seeds, select_seeds = args.seeds, args.select_seeds
     if args.quick:
         choose, report, budgets, seeds, select_seeds = choose[::4], report[::4], budgets[1:3], 3, 2
+        args.slow_seeds = 1
     tops = [int(t) for t in args.tops.split(",")]
     started = time.perf_counter()
     pool = candidates(budgets, tops)
-    chosen_run = compare(table, pool, select_seeds, args.eps, studies=choose, jobs=args.jobs)
+    chosen_run = compare(
+        table, pool, select_seeds, args.eps, studies=choose, jobs=args.jobs, horizon=0
+    )
     on_choose = brief(summarise(chosen_run))
     fit = [n for n, e in on_choose.items() if e["hit_rate"] >= args.min_hit]
     pick_name = max(fit or on_choose, key=lambda n: on_choose[n]["ratio_vs_grid"])
     pick = next(s for s in pool if s.name == pick_name)
     selected_s = time.perf_counter() - started
     default, asha = preset_strategy()
-    shown = [
-        *standard(default, table.has_curves),
-        Strategy("pick:" + pick.name, "tpe", pick.warm, pick.warm_top, pick.budget),
-    ]
-    held = compare(table, shown, seeds, args.eps, asha, report, jobs=args.jobs)
-    held_pool = compare(table, pool, select_seeds, args.eps, studies=report, jobs=args.jobs)
-    whole = compare(table, shown, seeds, args.eps, asha, jobs=args.jobs)
-    regret_figure(whole, args.plot)
-    document = {
+    before = Strategy("tpe/b8 (preset before)", "tpe", budget=8)
+    shown = [Strategy("grid", "grid"), Strategy("random", "random"), before, default]
+    if (pick.warm, pick.warm_top, pick.budget) != (default.warm, default.warm_top, default.budget):
+        shown.append(Strategy("pick:" + pick.name, "tpe", pick.warm, pick.warm_top, pick.budget))
+    document: dict[str, Any] = {
         "table": args.table,
         "eps": args.eps,
         "min_hit": args.min_hit,
@@ -109,20 +114,29 @@ def main() -> None:
         "report_tasks": sorted({t for t, _ in report}),
         "pick": pick.name,
         "on_choose": on_choose,
-        "on_report": brief(summarise(held)),
-        "candidates_on_report": brief(summarise(held_pool)),
-        "whole_table": summarise(whole),
-        "seconds": {
-            "select": round(selected_s, 1),
-            "total": round(time.perf_counter() - started, 1),
-        },
         "jobs": args.jobs,
-        "plot": str(args.plot),
+        "seconds": {"select": round(selected_s, 1)},
     }
-    args.out.write_text(json.dumps(document, indent=1) + "\n")
+
+    def save(key: str, value: Any) -> None:  # after each phase: a long run keeps its parts
+        document[key] = value
+        document["seconds"][key] = round(time.perf_counter() - started, 1)
+        args.out.write_text(json.dumps(document, indent=1) + "\n")
+
+    held_pool = compare(
+        table, pool, select_seeds, args.eps, studies=report, jobs=args.jobs, horizon=0
+    )
+    save("candidates_on_report", brief(summarise(held_pool)))
+    held = compare(table, shown, seeds, args.eps, asha, report, jobs=args.jobs, horizon=10)
+    regret_figure(held, args.plot)
+    document["plot"] = str(args.plot)
+    save("on_report", summarise(held))
+    slow = [Strategy("tpe", "tpe"), Strategy("warm", "tpe", warm="best", warm_top=3)]
+    unbudgeted = compare(table, slow, args.slow_seeds, args.eps, asha, report, jobs=args.jobs)
+    save("unbudgeted_on_report", summarise(unbudgeted))
     print(f"pick {pick.name}; {args.out}")
     for name in [s.name for s in shown]:
-        e = document["on_report"][name]
+        e = document["on_report"]["strategies"][name]
         print(f"  report {name:24s} ratio {e['ratio_vs_grid']:5.2f}  hit {e['hit_rate']:.3f}")
 
 

@@ -51,6 +51,8 @@ def test_each_study_has_a_tpe_asha_variant_that_changes_only_the_search(name):
         data.pop("name")
         data.pop("tune")
         data["search"].pop("space")
+        for key in ("prior", "prior_top"):  # the search's evidence (bench/replay_strategies)
+            data["search"].pop(key, None)
     assert variant == base
     grid, tpe = load_config(None, preset=name), load_config(None, preset=f"{name}_tpe_asha")
     assert (tpe.tune.max_epochs, tpe.final_epochs) == (grid.tune.max_epochs, grid.final_epochs)

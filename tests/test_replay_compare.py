@@ -114,7 +114,8 @@ def test_cli_json_and_png(tmp_path: Path) -> None:
         low, high = entry["ratio_vs_grid_ci"]
         assert low <= entry["ratio_vs_grid"] <= high
         assert entry["trial_epochs_ratio"] is None  # final values only
-    assert doc["strategies"]["default"]["budget"] == 8  # the *_tpe_asha preset's num_samples
+    default = doc["strategies"]["default"]  # the petl_vision_vtab1k_tpe_asha preset's search
+    assert default["budget"] == 20 and default["warm"] == "prior:20"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
