@@ -67,8 +67,12 @@ class Records:
 
 def final_runs(tracker: TrackingService, tmp: Path) -> Iterator[tuple[dict[str, Any], Any, Any]]:
     """Every finished final run of an experiment with its test (logits, labels), downloaded
-    into ``tmp``: what the leaderboard and the analyses read."""
+    into ``tmp``: what the leaderboard and the analyses read. A replayed final run (tag
+    ``replay``) has no predictions: (None, None)."""
     for run in tracker.find({"stage": "final"}):
+        if run["tags"].get("replay"):
+            yield run, None, None
+            continue
         try:
             path = tracker.download(run["run_id"], PREDICTIONS, tmp / run["run_id"])
         except Exception as err:  # MLflow raises several types for a missing artifact
@@ -112,9 +116,10 @@ def collect(trackers: list[TrackingService]) -> Records:
                         **shift_metrics(metrics),
                     }
                 )
-                correct.setdefault((task, *key), []).append(
-                    (logits.argmax(1) == labels).numpy().astype(np.float64)
-                )
+                if logits is not None:  # a replayed run: no per-example test results
+                    correct.setdefault((task, *key), []).append(
+                        (logits.argmax(1) == labels).numpy().astype(np.float64)
+                    )
             split_tuning_hours(tracker, tune_hours, lost_hours)
     rows_of = {tuple(r[c] for c in ROW_COLUMNS) for r in rows}
     for hours in (tune_hours, lost_hours):

@@ -107,6 +107,15 @@ def start_tracker(cfg: SweepConfig) -> Any:
     )
 
 
+def final_stage(cfg: SweepConfig) -> Callable[[SweepConfig, StudySummary, int], FinalResult]:
+    """The retrain of a study's best config, or its recorded test accuracy in a replay."""
+    if cfg.replay:
+        from tuner.replay.engine import replay_final
+
+        return replay_final(cfg)
+    return run_final
+
+
 class SweepRun:
     """The driver's state of one sweep: what it is owed, what is in flight, the results."""
 
@@ -125,7 +134,7 @@ class SweepRun:
         self.tune_task = ray.remote(num_cpus=0, max_retries=0)(run_shared).options(
             scheduling_strategy=here
         )
-        self.final_task = ray.remote(max_retries=1)(run_final).options(
+        self.final_task = ray.remote(max_retries=1)(final_stage(cfg)).options(
             num_cpus=cfg.resources.cpus_per_trial, num_gpus=cfg.resources.gpus_per_trial
         )
         self.result = SweepResult()
@@ -327,8 +336,13 @@ def run_sweep(
 
     Raises ``SweepInterrupted`` after a clean stop on SIGINT/SIGTERM."""
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
-    datasets = prepare_data(cfg)
-    check_backbone(cfg)
+    if cfg.replay:  # labels, not data: nothing to decode, no backbone to load
+        from tuner.replay.engine import replay_datasets
+
+        datasets = replay_datasets(cfg)
+    else:
+        datasets = prepare_data(cfg)
+        check_backbone(cfg)
     ensure_store(cfg.tracking_uri)  # a new SQLite store is created once, under a lock
     check_access(cfg.tracking_uri)
     notify = notify or (lambda message: None)
