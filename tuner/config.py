@@ -279,6 +279,14 @@ class SweepConfig(_Strict):
             raise ValueError("backbone_weights is set but train.pretrained is false")
         return self
 
+    @model_validator(mode="after")
+    def _replay_fits(self) -> SweepConfig:
+        if self.replay:  # a study or configuration the table lacks fails before anything runs
+            from tuner.replay.engine import replay_plan
+
+            replay_plan(self)
+        return self
+
     @property
     def experiment(self) -> str:
         return self.tracking.experiment or self.name

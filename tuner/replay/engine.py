@@ -10,9 +10,10 @@ parts swapped, each consulted in one place of the sweep layer when ``cfg.replay`
   names are labels: no registry, no data, no backbone. Anything the table cannot replay is
   a ``ReplayError`` before anything starts.
 * ``replay_trainable`` (``tuner.sweep.shared_run``): a trial reports its configuration's
-  recorded curve one epoch at a time (a final-only row: its value at every epoch), spends
-  ``epoch_s`` per epoch, checkpoints by the sweep's ``CheckpointPolicy`` (the epoch reached,
-  so ``--resume`` continues) and parks on the sweep's stop request like a training trial.
+  recorded curve one epoch at a time (``tuner.replay.trial``: a final-only row reports its
+  value at every epoch), spends ``epoch_s`` per epoch, checkpoints by the sweep's
+  ``CheckpointPolicy`` (the epoch reached, so ``--resume`` continues) and parks on the
+  sweep's stop request like a training trial.
 * ``replay_final`` (``tuner.sweep.orchestrate``): a final run is the chosen configuration's
   recorded ``test_acc`` (its recorded val accuracy where the table has no test column,
   flagged by ``replay/test_recorded`` = 0); no weights and no predictions.
@@ -25,31 +26,24 @@ for it.
 from __future__ import annotations
 
 import functools
-import json
 import math
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import ray
-from ray import tune
 
 from tuner.config import ReplaySettings, SweepConfig
 from tuner.records import FinalResult, StudySummary
-from tuner.replay.table import ReplayTable, TableError, from_experiment, load_table
+from tuner.replay.table import ReplayTable, from_experiment, load_table
+from tuner.replay.trial import epoch_seconds, make_trainable
 from tuner.sweep.checkpoints import CheckpointPolicy
-from tuner.sweep.multiplex import split_config
 from tuner.sweep.plan import StudySpec, stable_seed
 from tuner.sweep.spaces import Domain
 from tuner.sweep.specs import trial_spec
-from tuner.sweep.trainable import StopWatch
 from tuner.tracking.artifacts import environment_info
 from tuner.util import content_hash
-
-#: The checkpoint of a replayed trial: the epoch it reached
-STATE_FILE = "replay.json"
 
 
 class ReplayError(ValueError):
@@ -162,87 +156,14 @@ def replay_datasets(cfg: SweepConfig) -> dict[str, dict[str, Any]]:
 
 
 # -- the trials -----------------------------------------------------------------------------
-def replayed_curve(curve: list[float], epochs: int) -> list[float]:
-    """The values a trial of ``epochs`` epochs reports: the recorded curve, cut to
-    ``epochs``, its last value held where it is shorter (a final-only row: every epoch)."""
-    return [curve[min(i, len(curve) - 1)] for i in range(epochs)]
-
-
-def _epoch_s(cfg: SweepConfig, table: ReplayTable, task: str, method: str, config: dict) -> float:
-    assert cfg.replay is not None
-    if cfg.replay.epoch_s is not None:
-        return cfg.replay.epoch_s
-    return table.epoch_s(task, method, config) or 0.0
-
-
-def replay_trial(
-    config: dict[str, Any],
-    cfg: SweepConfig,
-    table: ReplayTable,
-    study: StudySpec,
-    policy: CheckpointPolicy,
-    stop: StopWatch | None,
-) -> None:
-    """One replayed trial: the ``tune_trainable`` contract with recorded numbers."""
-    entered = time.perf_counter()
-    _, _, hp = split_config(config)
-    full = {**study.fixed, **hp}
-    try:
-        curve = table.curve(study.task, study.method, full)
-    except KeyError as err:  # TPE over a table that is not a product (refused at plan time)
-        raise TableError(str(err.args[0])) from None
-    values = replayed_curve(curve, cfg.tune.max_epochs)
-    spend = _epoch_s(cfg, table, study.task, study.method, full)
-    start = 0
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            start = int(json.loads((Path(directory) / STATE_FILE).read_text())["epoch"])
-    node = ray.get_runtime_context().get_node_id()
-    setup_s: float | None = time.perf_counter() - entered
-    since = time.monotonic()
-    for epoch in range(start + 1, len(values) + 1):
-        began = time.perf_counter()
-        if spend:
-            time.sleep(spend)
-        metrics: dict[str, Any] = {
-            "val/acc": values[epoch - 1],
-            "epoch": epoch,
-            "trainable_params": 0,
-            "epoch_time_s": time.perf_counter() - began,
-            "diverged": 0.0,
-            "node_id": node,
-        }
-        if setup_s is not None:
-            metrics["trial_setup_s"], setup_s = setup_s, None
-        last = epoch >= len(values)
-        stopping = not last and stop is not None and stop.requested()
-        if not stopping and not policy.due(epoch, time.monotonic() - since, last):
-            tune.report(metrics)
-            continue
-        with tempfile.TemporaryDirectory() as directory:
-            (Path(directory) / STATE_FILE).write_text(json.dumps({"epoch": epoch}))
-            metrics["checkpoint_s"] = 0.0
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
-        since = time.monotonic()
-        if stopping:
-            assert stop is not None
-            stop.park()
-
-
 def replay_trainable(
     cfg: SweepConfig, studies: dict[str, StudySpec], policy: CheckpointPolicy, name: str
 ) -> Callable[[dict[str, Any]], None]:
-    """``sweep_trainable``'s replay twin: the trial's ``STUDY`` key picks its study; the
-    table travels inside the function (Ray ships it once), so no worker reads a file."""
-    table = table_of(cfg)
-
-    def trainable(config: dict[str, Any]) -> None:
-        key, _, _ = split_config(config)
-        replay_trial(config, cfg, table, studies[key], policy, StopWatch(cfg.name))
-
-    trainable.__name__ = trainable.__qualname__ = name
-    return trainable
+    """The sweep's trainable in a replay (``tuner.replay.trial``: no config, no torch)."""
+    assert cfg.replay is not None
+    plain = {key: (s.task, s.method, dict(s.fixed)) for key, s in studies.items()}
+    return make_trainable(table_of(cfg), plain, cfg.tune.max_epochs, cfg.replay.epoch_s,
+                          policy, cfg.name, name)  # fmt: skip
 
 
 # -- the final stage ------------------------------------------------------------------------
@@ -256,7 +177,10 @@ def replay_final(cfg: SweepConfig) -> Callable[[SweepConfig, StudySummary, int],
         seed = cfg.seed + 1000 + seed_index
         spec = trial_spec(cfg, study.task, study.method, config, "final", seed)
         started = time.time()
-        spend = _epoch_s(cfg, table, study.task, study.method, config) * cfg.final_epochs
+        assert cfg.replay is not None
+        override = cfg.replay.epoch_s
+        spend = epoch_seconds(table, study.task, study.method, config, override)
+        spend *= cfg.final_epochs
         if spend:
             time.sleep(spend)
         test = table.test_acc(study.task, study.method, config)
