@@ -25,19 +25,17 @@ for it.
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import ray
 
 from tuner.config import ReplaySettings, SweepConfig
 from tuner.records import FinalResult, StudySummary
-from tuner.replay.table import ReplayTable, from_experiment, load_table
-from tuner.replay.trial import epoch_seconds, make_trainable
+from tuner.replay.table import ReplayTable
+from tuner.replay.trial import Source, cached_table, epoch_seconds, make_trainable
 from tuner.sweep.checkpoints import CheckpointPolicy
 from tuner.sweep.plan import StudySpec, stable_seed
 from tuner.sweep.spaces import Domain
@@ -50,20 +48,13 @@ class ReplayError(ValueError):
     """A sweep the table cannot replay: names the table, the study and what is missing."""
 
 
-@functools.lru_cache(maxsize=8)
-def _cached(name: str, experiment: str, tracking_uri: str, mtime: float) -> ReplayTable:
-    if experiment:
-        return from_experiment(experiment, tracking_uri)
-    return load_table(name)
+def source_of(replay: ReplaySettings) -> Source:
+    return (replay.table, replay.experiment, replay.tracking_uri)
 
 
 def replay_table(replay: ReplaySettings) -> ReplayTable:
     """The table of a replay, read once per process (a changed file is read again)."""
-    if replay.experiment:
-        return _cached("", replay.experiment, replay.tracking_uri, 0.0)
-    assert replay.table is not None
-    path = Path(replay.table)
-    return _cached(replay.table, "", "", path.stat().st_mtime if path.is_file() else 0.0)
+    return cached_table(source_of(replay))
 
 
 def table_of(cfg: SweepConfig) -> ReplayTable:
@@ -162,17 +153,18 @@ def replay_trainable(
     """The sweep's trainable in a replay (``tuner.replay.trial``: no config, no torch)."""
     assert cfg.replay is not None
     plain = {key: (s.task, s.method, dict(s.fixed)) for key, s in studies.items()}
-    return make_trainable(table_of(cfg), plain, cfg.tune.max_epochs, cfg.replay.epoch_s,
-                          policy, cfg.name, name)  # fmt: skip
+    return make_trainable(source_of(cfg.replay), plain, cfg.tune.max_epochs,
+                          cfg.replay.epoch_s, policy, cfg.name, name)  # fmt: skip
 
 
 # -- the final stage ------------------------------------------------------------------------
 def replay_final(cfg: SweepConfig) -> Callable[[SweepConfig, StudySummary, int], FinalResult]:
     """``run_final``'s replay twin: the chosen configuration's recorded ``test_acc``."""
-    table = table_of(cfg)
+    table_of(cfg)  # fails here, in the driver, if the table cannot be read
 
     def final(cfg: SweepConfig, study: StudySummary, seed_index: int) -> FinalResult:
         assert study.best is not None, f"study {study.study} has no result to replay"
+        table = table_of(cfg)  # the worker's copy (the function stays small)
         config = study.best.config
         seed = cfg.seed + 1000 + seed_index
         spec = trial_spec(cfg, study.task, study.method, config, "final", seed)

@@ -2,12 +2,15 @@
 
 Kept free of the sweep config and of torch (``tuner.config`` imports the method registry):
 a sweep runs one Ray worker per concurrent trial, and each would otherwise carry torch
-(about 0.7 GB) to report numbers it looks up. The closure holds the table and plain values
-only, so a worker imports this module, the table's and Ray's.
+(about 0.7 GB) to report numbers it looks up. The trainable holds where the table comes
+from, not the table: Ray Tune unpickles the trainable each time it adds a trial, and with
+the shipped table inside that was a third of its controller's time; each worker reads the
+table once.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import tempfile
 import time
@@ -18,7 +21,7 @@ from typing import Any
 import ray
 from ray import tune
 
-from tuner.replay.table import ReplayTable, TableError
+from tuner.replay.table import ReplayTable, TableError, from_experiment, load_table
 from tuner.sweep.checkpoints import CheckpointPolicy
 from tuner.sweep.multiplex import split_config
 from tuner.sweep.stopwatch import StopWatch
@@ -27,6 +30,23 @@ from tuner.sweep.stopwatch import StopWatch
 STATE_FILE = "replay.json"
 #: A study as a trial needs it: (task, method, fixed hyper-parameters)
 Study = tuple[str, str, dict[str, Any]]
+#: Where a table comes from: (file or shipped name, MLflow experiment, tracking URI)
+Source = tuple[str | None, str | None, str]
+
+
+@functools.lru_cache(maxsize=8)
+def _cached(source: Source, mtime: float) -> ReplayTable:
+    table, experiment, tracking_uri = source
+    if experiment:
+        return from_experiment(experiment, tracking_uri)
+    assert table is not None, "a replay names a table or an experiment"
+    return load_table(table)
+
+
+def cached_table(source: Source) -> ReplayTable:
+    """The table, read once per process (a changed file is read again)."""
+    path = Path(source[0]) if source[0] and not source[1] else None
+    return _cached(source, path.stat().st_mtime if path and path.is_file() else 0.0)
 
 
 def replayed_curve(curve: list[float], epochs: int) -> list[float]:
@@ -107,7 +127,7 @@ def replay_trial(
 
 
 def make_trainable(
-    table: ReplayTable,
+    source: Source,
     studies: dict[str, Study],
     epochs: int,
     epoch_s: float | None,
@@ -115,11 +135,12 @@ def make_trainable(
     sweep: str,
     name: str,
 ) -> Callable[[dict[str, Any]], None]:
-    """``sweep_trainable``'s replay twin: the trial's ``STUDY`` key picks its study; the
-    table travels inside the function (Ray ships it once), so no worker reads a file."""
+    """``sweep_trainable``'s replay twin: the trial's ``STUDY`` key picks its study, and its
+    worker's copy of the table (read on its first trial) the recorded curve."""
 
     def trainable(config: dict[str, Any]) -> None:
         key, _, _ = split_config(config)
+        table = cached_table(source)
         replay_trial(config, table, studies[key], epochs, epoch_s, policy, StopWatch(sweep))
 
     trainable.__name__ = trainable.__qualname__ = name
