@@ -36,10 +36,22 @@ def run(
         bool,
         typer.Option(help="continue interrupted studies with Tuner.restore (finished trials stay)"),
     ] = False,
+    replay: Annotated[
+        str | None,
+        typer.Option(help="TABLE: recorded results stand in for training (a CSV/parquet path "
+                     "or petl_vision_vtab1k); the studies are the table's or the file's"),
+    ] = None,
+    replay_experiment: Annotated[
+        str | None, typer.Option(help="replay a finished sweep's MLflow experiment instead")
+    ] = None,
+    tracking_uri: Annotated[
+        str, typer.Option(help="MLflow URI of --replay-experiment")
+    ] = "sqlite:///results/mlflow.db",
 ) -> None:
     """Tune every (task, method), retrain the best configs, print the leaderboard."""
     from tuner.config import ConfigError, load_config
 
+    set_ = set_ + replay_pairs(replay, replay_experiment, tracking_uri, config or preset)
     try:
         cfg = load_config(config, parse_pairs(set_), preset)
     except (ConfigError, FileNotFoundError) as err:
@@ -80,6 +92,25 @@ def run(
         fail(message, 1)
     if result.failed or not result.outputs:
         raise typer.Exit(1)
+
+
+def replay_pairs(
+    table: str | None, experiment: str | None, tracking_uri: str, has_file: object
+) -> list[str]:
+    """``--replay`` as ``--set`` pairs (so ``--resume``'s command repeats them); with no sweep
+    file, every study of the table, in a sweep named after it."""
+    if not table and not experiment:
+        return []
+    if table and experiment:
+        fail("--replay and --replay-experiment: give one table")
+    if table:
+        pairs = [f"replay.table={table}"]
+    else:
+        pairs = [f"replay.experiment={experiment}", f"replay.tracking_uri={tracking_uri}"]
+    if not has_file:
+        name = Path(table).stem if table else experiment
+        pairs += [f"name=replay-{name}", "tasks=['*']", "methods=['*']"]
+    return pairs
 
 
 def resume_command(config: Path | None, preset: str | None, pairs: list[str]) -> str:

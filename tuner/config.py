@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from tuner import methods
 from tuner.backbones import TINY_NAME
@@ -184,6 +192,34 @@ class RaySettings(_Strict):
     storage_path: str | None = Field(None, description="Ray Tune storage; shared FS or s3://")
 
 
+class ReplaySettings(_Strict):
+    """Recorded results stand in for training (``tuner.replay.engine``): tasks, methods and
+    hyper-parameter names are the table's labels, not the registries'."""
+
+    table: str | None = Field(None, description="CSV/parquet path or petl_vision_vtab1k")
+    experiment: str | None = Field(None, description="instead: a finished sweep's experiment")
+    tracking_uri: str = Field("sqlite:///results/mlflow.db", description="with experiment")
+    epoch_s: float | None = Field(
+        None, ge=0, description="seconds a replayed epoch takes; None: the table's, else 0"
+    )
+
+    @model_validator(mode="after")
+    def _readable(self) -> ReplaySettings:
+        from tuner.replay.engine import replay_table
+
+        if (self.table is None) == (self.experiment is None):
+            raise ValueError("replay: give a table or an experiment, not both or neither")
+        if self.table and Path(self.table).is_file():  # Ray workers run in other folders
+            self.table = str(Path(self.table).resolve())
+        replay_table(self)  # a missing or malformed table fails here, naming file and row
+        return self
+
+    @property
+    def source(self) -> str:
+        """The table's name as tags and messages show it."""
+        return Path(self.table).name if self.table else f"mlflow:{self.experiment}"
+
+
 class SweepConfig(_Strict):
     name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     seed: int = 0
@@ -191,6 +227,8 @@ class SweepConfig(_Strict):
     backbone_weights: str | None = Field(
         None, description="offline weights: path or fsspec URL (.safetensors/.pth/.npz)"
     )
+    #: before tasks and methods: their validators read it (replay names are the table's)
+    replay: ReplaySettings | None = None
     tasks: list[str] = Field(..., min_length=1)
     methods: list[str] = Field(..., min_length=1)
     data_root: Path = Path("data")
@@ -218,17 +256,23 @@ class SweepConfig(_Strict):
 
     @field_validator("methods")
     @classmethod
-    def _known_methods(cls, value: list[str]) -> list[str]:
+    def _known_methods(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        if info.data.get("replay"):
+            return _expand(value, *_replay_names(info.data["replay"], 1))
         expanded = _expand(value, methods.list_methods(), "method")
         return expanded
 
     @field_validator("tasks")
     @classmethod
-    def _known_tasks(cls, value: list[str]) -> list[str]:
+    def _known_tasks(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        if info.data.get("replay"):
+            return _expand(value, *_replay_names(info.data["replay"], 0))
         return _expand_tasks(value)
 
     @model_validator(mode="after")
     def _shifts_exist(self) -> SweepConfig:
+        if self.replay:  # a replayed final has no test images to shift
+            self.shifts = {}
         for task, sets in self.shifts.items():
             if task not in self.tasks:
                 raise ValueError(
@@ -248,6 +292,8 @@ class SweepConfig(_Strict):
 
     @model_validator(mode="after")
     def _fixed_is_valid(self) -> SweepConfig:
+        if self.replay:  # labels: the replay plan checks fixed values against the table
+            return self
         # A preset fixes options of all its methods; a file laid over it may run fewer, so a
         # registered method outside the sweep is checked but not an error (a typo still is).
         for name, hp in self.search.fixed.items():
@@ -274,6 +320,14 @@ class SweepConfig(_Strict):
     def _weights_need_pretrained(self) -> SweepConfig:
         if self.backbone_weights and not self.train.pretrained:
             raise ValueError("backbone_weights is set but train.pretrained is false")
+        return self
+
+    @model_validator(mode="after")
+    def _replay_fits(self) -> SweepConfig:
+        if self.replay:  # a study or configuration the table lacks fails before anything runs
+            from tuner.replay.engine import replay_plan
+
+            replay_plan(self)
         return self
 
     @property
@@ -320,6 +374,15 @@ class SweepConfig(_Strict):
     @property
     def threads_per_trial(self) -> int:
         return max(1, math.floor(self.resources.cpus_per_trial))
+
+
+def _replay_names(replay: ReplaySettings, part: int) -> tuple[list[str], str]:
+    """The replay table's tasks (``part`` 0) or methods (1), in table order, and their kind
+    as an error names it (with the table)."""
+    from tuner.replay.engine import replay_table
+
+    names = dict.fromkeys(study[part] for study in replay_table(replay).studies())
+    return list(names), f"{('task', 'method')[part]} of replay table {replay.source}"
 
 
 def _expand(values: list[str], valid: list[str], kind: str) -> list[str]:

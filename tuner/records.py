@@ -157,7 +157,7 @@ class FinalResult:
     environment: dict[str, Any]
     node_id: str
     #: (logits, labels) on test, for ensembles and bootstrap ties
-    predictions: tuple[Any, Any]
+    predictions: tuple[Any, Any] | None
     trainable_state: dict[str, Any]
     shift_acc: dict[str, float] = field(default_factory=dict)
     #: The method's own report: files (name → bytes) and metrics, e.g. SPT's allocation

@@ -125,7 +125,12 @@ def _folder_info(base: str, path: str, stamp: tuple[int, ...] | None) -> TaskInf
 def task_group(task_id: str) -> str:
     """The task's group without reading any data (a user folder may be gone by now)."""
     base = parse_task(task_id).base
-    return "custom" if base.startswith(FOLDER_PREFIX) else get_task(base).group
+    if base.startswith(FOLDER_PREFIX):
+        return "custom"
+    try:
+        return get_task(base).group
+    except KeyError:  # a replay table's task label, not a registered task
+        return "custom"
 
 
 def task_order(task_ids: list[str]) -> list[str]:

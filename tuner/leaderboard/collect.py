@@ -140,6 +140,9 @@ def final_runs(
     if runs is None:
         runs, _ = unique_finals(tracker.find({"stage": "final"}))
     for run in runs:
+        if run["tags"].get("replay"):  # a replayed final run has no predictions
+            yield run, None, None
+            continue
         try:
             path = tracker.download(run["run_id"], PREDICTIONS, tmp / run["run_id"])
         except Exception as err:  # MLflow raises several types for a missing artifact
@@ -197,9 +200,10 @@ def collect(
                         **shift_metrics(metrics),
                     }
                 )
-                correct.setdefault((task, *key), []).append(
-                    (logits.argmax(1) == labels).numpy().astype(np.float64)
-                )
+                if logits is not None:  # a replayed run: no per-example test results
+                    correct.setdefault((task, *key), []).append(
+                        (logits.argmax(1) == labels).numpy().astype(np.float64)
+                    )
             split_tuning_hours(tracker, tune_hours, lost_hours)
     rows_of = {tuple(r[c] for c in ROW_COLUMNS) for r in rows}
     for hours in (tune_hours, lost_hours):

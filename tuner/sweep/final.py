@@ -9,6 +9,7 @@ whatever the method reports) through the tracker actor, which holds the only MLf
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -17,7 +18,7 @@ import ray
 from tuner.config import SweepConfig
 from tuner.records import LOGGED, FinalResult, StudySummary, variant_tag
 from tuner.sweep.specs import trial_spec
-from tuner.sweep.study import protocol_hash
+from tuner.sweep.study import protocol_hash, replay_tag
 from tuner.tracking.artifacts import environment_info, predictions_bytes, trainable_bytes
 from tuner.tracking.client import fetch_artifact
 from tuner.training.trainer import train_one
@@ -87,6 +88,7 @@ def log_final(cfg: SweepConfig, tracker: Any, result: FinalResult, dataset: dict
         "final_hash": result.final_hash,
         "node": result.node_id,
         **variant_tag(cfg.search.fixed.get(spec.method, {})),
+        **replay_tag(cfg),
     }
     name = f"final {result.study} seed{result.seed_index}"
     params = {**spec.hp, "seed": spec.seed, "epochs": spec.epochs, "batch_size": spec.batch_size}
@@ -110,17 +112,28 @@ def log_final(cfg: SweepConfig, tracker: Any, result: FinalResult, dataset: dict
         },
         spec.epochs,
     )
-    logits, labels = result.predictions
-    tracker.log_artifact_bytes.remote(
-        key, "test_predictions.parquet", predictions_bytes(logits, labels)
-    )
-    meta = {"method": spec.method, "hp": spec.hp, "backbone": spec.backbone, "task": spec.task}
-    tracker.log_artifact_bytes.remote(
-        key, "trainable.safetensors", trainable_bytes(result.trainable_state, meta)
-    )
+    if result.predictions is not None:  # a replayed final has no test predictions
+        logits, labels = result.predictions
+        tracker.log_artifact_bytes.remote(
+            key, "test_predictions.parquet", predictions_bytes(logits, labels)
+        )
+    if result.trainable_state:  # ... nor weights
+        meta = {"method": spec.method, "hp": spec.hp, "backbone": spec.backbone, "task": spec.task}
+        tracker.log_artifact_bytes.remote(
+            key, "trainable.safetensors", trainable_bytes(result.trainable_state, meta)
+        )
     tracker.log_dict.remote(key, asdict(spec), "config.json")
     for filename, data in result.report_files.items():
         tracker.log_artifact_bytes.remote(key, filename, data)
     tracker.log_dict.remote(key, result.environment, "environment.json")
     end = result.started_at + result.wall_s
     ray.get(tracker.end_run.remote(key, "FINISHED", {"outcome": "completed"}, end_time=end))
+
+
+def final_stage(cfg: SweepConfig) -> Callable[[SweepConfig, StudySummary, int], FinalResult]:
+    """The retrain of a study's best config, or its recorded test accuracy in a replay."""
+    if cfg.replay:
+        from tuner.replay.engine import replay_final
+
+        return replay_final(cfg)
+    return run_final

@@ -27,7 +27,7 @@ from tuner.config import SweepConfig
 from tuner.records import FinalResult, StudyEnded, StudyEvent, StudySummary, first_line
 from tuner.sweep.cluster import alive_nodes, init_ray, on_driver_node, start_tracker
 from tuner.sweep.events import actor_name, start_events
-from tuner.sweep.final import final_hash, log_final, run_final
+from tuner.sweep.final import final_hash, final_stage, log_final
 from tuner.sweep.plan import (
     StudySpec,
     check_backbone,
@@ -100,7 +100,7 @@ class SweepRun:
         self.tune_task = ray.remote(num_cpus=0, max_retries=0)(run_shared).options(
             scheduling_strategy=here
         )
-        self.final_task = ray.remote(max_retries=1)(run_final).options(
+        self.final_task = ray.remote(max_retries=1)(final_stage(cfg)).options(
             num_cpus=cfg.resources.cpus_per_trial, num_gpus=cfg.resources.gpus_per_trial
         )
         self.result = SweepResult()
@@ -302,8 +302,13 @@ def run_sweep(
 
     Raises ``SweepInterrupted`` after a clean stop on SIGINT/SIGTERM."""
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
-    datasets = prepare_data(cfg)
-    check_backbone(cfg)
+    if cfg.replay:  # labels, not data: nothing to decode, no backbone to load
+        from tuner.replay.engine import replay_datasets
+
+        datasets = replay_datasets(cfg)
+    else:
+        datasets = prepare_data(cfg)
+        check_backbone(cfg)
     ensure_store(cfg.tracking_uri)  # a new SQLite store is created once, under a lock
     check_access(cfg.tracking_uri)
     notify = notify or (lambda message: None)

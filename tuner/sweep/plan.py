@@ -39,6 +39,8 @@ class StudySpec:
     hash: str = ""
     #: Name, digest and split sizes of the task data (logged as an MLflow dataset input).
     dataset: dict[str, Any] = field(default_factory=dict)
+    #: The grid when it is not the space's product: a replay table's configurations
+    points: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def key(self) -> str:
@@ -59,6 +61,10 @@ def study_space(cfg: SweepConfig, method: str) -> dict[str, Domain]:
 
 def plan(cfg: SweepConfig) -> list[StudySpec]:
     """One study per (task, method), tasks outermost so early results span methods."""
+    if cfg.replay:  # the studies, spaces and grids of a replay table (tuner.replay.engine)
+        from tuner.replay.engine import replay_plan
+
+        return replay_plan(cfg)
     return [
         StudySpec(
             task=task,

@@ -143,8 +143,14 @@ def run_shared(
     specs = {k: trial_spec(cfg, s.task, s.method, dict(s.fixed), "tune", cfg.seed)
              for k, s in studies.items()}  # fmt: skip
     policy = CheckpointPolicy(cfg.tune.checkpoint_every, cfg.tune.checkpoint_interval_s)
+    if cfg.replay:  # recorded results stand in for training (tuner.replay.engine)
+        from tuner.replay.engine import replay_trainable
+
+        function = replay_trainable(cfg, studies, policy, f"trial_{cfg.name}")
+    else:
+        function = sweep_trainable(specs, policy, f"trial_{cfg.name}", cfg.name)
     trainable = tune.with_resources(
-        sweep_trainable(specs, policy, f"trial_{cfg.name}", cfg.name),
+        function,
         {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial},
     )
     experiment = f"{cfg.storage_path.rstrip('/')}/{cfg.name}"

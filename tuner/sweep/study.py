@@ -94,6 +94,11 @@ def protocol_hash(cfg: SweepConfig) -> str:
     return content_hash(content, 8)
 
 
+def replay_tag(cfg: SweepConfig) -> dict[str, str]:
+    """``replay``: the table a replayed sweep's runs come from (absent in a real sweep)."""
+    return {"replay": cfg.replay.source} if cfg.replay else {}
+
+
 def study_tags(cfg: SweepConfig, study: StudySpec) -> dict[str, str]:
     return {
         "task": study.task,
@@ -107,6 +112,7 @@ def study_tags(cfg: SweepConfig, study: StudySpec) -> dict[str, str]:
         # from its epochs by the leaderboard (tuner.leaderboard.unfinished.spent_hours)
         "devices": f"{cfg.devices_per_trial:g}",
         **variant_tag(study.fixed),
+        **replay_tag(cfg),
     }
 
 
@@ -143,7 +149,7 @@ def searched_space(study: StudySpec) -> dict[str, Domain]:
 def study_total(cfg: SweepConfig, study: StudySpec) -> int:
     """Trials in the study: every grid point, or the sweep's ``num_samples`` for TPE."""
     if cfg.grid_search:
-        return len(grid_points(searched_space(study)))
+        return len(study.points or grid_points(searched_space(study)))
     return cfg.tune.num_samples
 
 
@@ -158,7 +164,7 @@ def open_study(cfg: SweepConfig, study: StudySpec, tracker: Any, board: Any) -> 
     searched = searched_space(study)
     opened = Opened()
     if grid:
-        opened.grid = grid_points(searched)
+        opened.grid = [dict(p) for p in study.points] or grid_points(searched)
     else:
         if cfg.search.warm_start:
             earlier = ray.get(tracker.find.remote({"stage": "tune", "method": study.method}))
@@ -171,7 +177,7 @@ def open_study(cfg: SweepConfig, study: StudySpec, tracker: Any, board: Any) -> 
         first = [p for p, _ in opened.warm]
         opened.searcher = tpe_searcher(study.seed, cfg.tune.max_epochs, first)
         opened.searcher.set_search_properties(METRIC, "max", to_ray_space(searched, False))
-    if methods.method_class(study.method).needs_prepare():
+    if not cfg.replay and methods.method_class(study.method).needs_prepare():
         spec = trial_spec(cfg, study.task, study.method, dict(study.fixed), "tune", cfg.seed)
         opened.prepared_uri = prepare_study(cfg, spec, tracker, study.key)
     return opened

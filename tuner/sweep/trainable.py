@@ -19,8 +19,8 @@ import ray
 from ray import tune
 
 from tuner.sweep.checkpoints import CheckpointPolicy
-from tuner.sweep.events import actor_name
 from tuner.sweep.multiplex import PREPARED, split_config
+from tuner.sweep.stopwatch import StopWatch
 from tuner.tracking.client import fetch_artifact
 from tuner.training.spec import TrialSpec
 from tuner.training.trainer import Trainer
@@ -65,36 +65,6 @@ def tune_trainable(
         since = time.monotonic()
         if stopping:
             stop.park()
-
-
-class StopWatch:
-    """Whether the sweep asked its trials to stop, read from its event queue at most once a
-    second (a trial reports many epochs a second on a GPU; the queue is one actor)."""
-
-    def __init__(self, sweep: str, every_s: float = 1.0) -> None:
-        self.sweep, self.every_s = sweep, every_s
-        self.checked, self.answer, self._queue = 0.0, False, None
-
-    def _actor(self) -> Any:
-        if self._queue is None:
-            self._queue = ray.get_actor(actor_name(self.sweep, "events"))
-        return self._queue
-
-    def requested(self) -> bool:
-        if not self.answer and time.monotonic() - self.checked >= self.every_s:
-            self.checked = time.monotonic()
-            try:
-                self.answer = bool(ray.get(self._actor().stopping.remote(), timeout=10))
-            except Exception:  # no queue (a trainable run outside a sweep): never stop
-                self.answer = False
-        return self.answer
-
-    def park(self) -> None:
-        """Tell the driver this trial's checkpoint is saved, then wait to be ended: returning
-        would mark the trial as finished, and it is not."""
-        ray.get(self._actor().park.remote(tune.get_context().get_trial_id()))
-        while True:
-            time.sleep(1.0)
 
 
 def sweep_trainable(

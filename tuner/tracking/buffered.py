@@ -75,9 +75,12 @@ class BufferedTracker:
         #: Why writing is impossible (a full disk), once it is: the driver stops on it
         self.fatal = ""
         self.experiment_id = self.inner.experiment_id
+        #: calls taken, by operation: what a sweep costs MLflow (the scale tests count them)
+        self.calls: dict[str, int] = {}
 
     # -- writes ---------------------------------------------------------------------------
     def _write(self, op: str, *args: Any, **kwargs: Any) -> Any:
+        self.calls[op] = self.calls.get(op, 0) + 1
         if self.fatal:
             raise TrackingError(self.fatal)
         entry = {"op": op, "args": list(args), "kwargs": kwargs}
@@ -165,6 +168,9 @@ class BufferedTracker:
                 )
             time.sleep(min(5.0, self.delay))
 
+    def call_counts(self) -> dict[str, int]:
+        return dict(self.calls)
+
     def status(self) -> dict[str, Any]:
         return {
             "pending": len(self.pending),
@@ -175,6 +181,7 @@ class BufferedTracker:
 
     # -- reads: retried, since the sweep cannot go on without them --------------------------
     def _read(self, op: str, *args: Any, **kwargs: Any) -> Any:
+        self.calls[op] = self.calls.get(op, 0) + 1
         deadline = self.clock() + self.read_timeout
         while True:
             self.flush(force=True)  # reads must see every earlier write

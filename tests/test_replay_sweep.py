@@ -1,0 +1,198 @@
+"""``petl-sweep run --replay``: the real engine on a planted table whose best is known.
+
+One replay sweep (2 tasks × 2 methods, 4 configurations each, 3-epoch curves with test
+accuracies) is shared by the checks: each study picks its planted best, every trial, study
+and final run is in MLflow with the recorded curve, and the leaderboard shows the planted
+test accuracy. A second sweep replays the first one's MLflow experiment, is SIGKILLed after
+some trials finished, and ``--resume`` finishes it without running a finished trial again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from tests._sweep_helpers import start_sweep, trial_runs, wait_for_finished_trials
+from tuner.cli import app
+from tuner.config import ReplaySettings
+from tuner.replay.engine import replay_table
+from tuner.replay.trial import replayed_curve
+
+BIN = Path(sys.executable).parent
+TASKS, METHODS = ["demo/a", "demo/b"], ["m1", "m2"]
+CONFIGS = [{"lr": lr, "weight_decay": wd} for lr in (0.001, 0.01) for wd in (0.0, 0.1)]
+#: (task, method) → (index of the planted best configuration, its test accuracy)
+BEST = {("demo/a", "m1"): (1, 0.81), ("demo/a", "m2"): (2, 0.62),
+        ("demo/b", "m1"): (3, 0.73), ("demo/b", "m2"): (0, 0.94)}  # fmt: skip
+EPOCHS = 3
+
+
+def curve(best: bool, index: int) -> list[float]:
+    """The best configuration leads at every epoch, so ASHA never stops it."""
+    top = 0.9 if best else 0.5 + 0.05 * index
+    return [round(top - 0.1 * (EPOCHS - e), 4) for e in range(1, EPOCHS + 1)]
+
+
+def planted_table(path: Path) -> Path:
+    rows = []
+    for (task, method), (winner, test) in BEST.items():
+        for i, config in enumerate(CONFIGS):
+            for epoch, value in enumerate(curve(i == winner, i), start=1):
+                rows.append({
+                    "task": task, "method": method, "config": json.dumps(config),
+                    "epoch": epoch, "val_acc": value,
+                    "test_acc": test if i == winner else 0.3, "note": "ignored",
+                })  # fmt: skip
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def sweep_file(root: Path, name: str, **tune: object) -> Path:
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": name, "tasks": TASKS, "methods": METHODS, "out_dir": str(root / "results"),
+        "search": {"space": "published_grid"},
+        "tune": {"max_epochs": EPOCHS, "grace_period": 1, "max_concurrent_trials": 2, **tune},
+        "final": {"seeds": 1}, "ray": {"num_cpus": 2},
+    }))  # fmt: skip
+    return path
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("replay")
+    table = planted_table(root / "planted.csv")
+    cmd = [str(BIN / "petl-sweep"), "run", str(sweep_file(root, "planted")), "--replay",
+           str(table), "--no-progress"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=root)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'results' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("planted").experiment_id
+    return root, client, client.search_runs([experiment], max_results=1000), done.stdout
+
+
+def test_each_study_picks_its_planted_best(planted):
+    _, _, runs, _ = planted
+    studies = {r.data.tags["study"]: r for r in runs
+               if r.data.tags.get("stage") == "tune" and "trial_id" not in r.data.tags}  # fmt: skip
+    assert set(studies) == {f"{t}:{m}" for t, m in BEST}
+    for (task, method), (winner, _) in BEST.items():
+        run = studies[f"{task}:{method}"]
+        assert run.info.status == "FINISHED"
+        assert run.data.metrics["best_val_acc"] == pytest.approx(0.9)
+        best = {k: float(run.data.params[f"best.{k}"]) for k in CONFIGS[winner]}
+        assert best == CONFIGS[winner]
+        assert run.data.tags["replay"] == "planted.csv"
+
+
+def test_every_trial_and_final_run_is_in_mlflow_with_the_recorded_numbers(planted):
+    _, client, runs, _ = planted
+    trials = [r for r in runs if "trial_id" in r.data.tags]
+    assert len(trials) == len(BEST) * len(CONFIGS)  # the table's grid, every configuration
+    assert {r.info.status for r in trials} == {"FINISHED"}
+    for run in trials:
+        tags = run.data.tags
+        config = {k: float(run.data.params[k]) for k in ("lr", "weight_decay")}
+        index = CONFIGS.index(config)
+        winner = BEST[(tags["task"], tags["method"])][0]
+        steps = sorted(client.get_metric_history(run.info.run_id, "val/acc"), key=lambda m: m.step)
+        expected = curve(index == winner, index)[: len(steps)]
+        assert [m.value for m in steps] == pytest.approx(expected), (tags["study"], config)
+        assert tags["outcome"] in ("completed", "stopped_early")
+    finals = [r for r in runs if r.data.tags.get("stage") == "final"]
+    assert len(finals) == len(BEST) and {r.info.status for r in finals} == {"FINISHED"}
+    for run in finals:
+        winner, test = BEST[(run.data.tags["task"], run.data.tags["method"])]
+        assert run.data.metrics["test/acc"] == pytest.approx(test)
+        assert run.data.metrics["replay/test_recorded"] == 1.0
+        assert float(run.data.params["lr"]) == CONFIGS[winner]["lr"]
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert "config.json" in artifacts and "test_predictions.parquet" not in artifacts
+
+
+def test_the_leaderboard_shows_the_planted_test_accuracy(planted):
+    root, _, _, output = planted
+    summary = pd.read_parquet(root / "results" / "planted" / "leaderboard.parquet")
+    got = {(r.task, r.method): r.test_acc for r in summary.itertuples()}
+    assert got == pytest.approx({k: test for k, (_, test) in BEST.items()})
+    markdown = (root / "results" / "planted" / "leaderboard.md").read_text()
+    assert "**94.0**" in markdown and "81.0" in markdown
+    assert "leaderboard" in output.lower()
+
+
+def test_a_replayed_trial_reports_its_value_at_every_epoch():
+    assert replayed_curve([0.7], 4) == [0.7] * 4  # a final-only row
+    assert replayed_curve([0.1, 0.2, 0.3], 2) == [0.1, 0.2]
+    assert replayed_curve([0.1, 0.2], 4) == [0.1, 0.2, 0.2, 0.2]
+
+
+def _refused(root: Path, data: dict, table: Path) -> str:
+    path = root / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(app, ["run", str(path), "--replay", str(table), "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert not (root / "results").exists(), "nothing may start before the refusal"
+    return " ".join(result.output.split())
+
+
+def test_a_task_or_configuration_not_in_the_table_is_refused_before_anything_runs(tmp_path):
+    table = planted_table(tmp_path / "planted.csv")
+    base = {"name": "bad", "tasks": TASKS, "methods": METHODS, "out_dir": str(tmp_path / "results")}
+    message = _refused(tmp_path, {**base, "tasks": ["demo/a", "demo/zz"]}, table)
+    assert "bad.yaml" in message and "demo/zz" in message and "planted.csv" in message
+    fixed = {**base, "search": {"fixed": {"m2": {"lr": 0.5}}}}
+    message = _refused(tmp_path, fixed, table)
+    assert "bad.yaml" in message and "(demo/a, m2)" in message and "'lr': 0.5" in message
+    message = _refused(tmp_path, {**base, "methods": ["m1", "nope"]}, table)
+    assert "nope" in message and "m1" in message
+
+
+@pytest.fixture(scope="module")
+def resumed_from_experiment(planted, tmp_path_factory):
+    """A replay of the planted sweep's MLflow experiment, killed, then ``--resume``d."""
+    source_root = planted[0]
+    root = tmp_path_factory.mktemp("replay_resume")
+    sweep = sweep_file(root, "again", max_concurrent_trials=1, checkpoint_every=1)
+    uri = f"sqlite:///{source_root / 'results' / 'mlflow.db'}"
+    cmd = [str(BIN / "petl-sweep"), "run", str(sweep), "--replay-experiment", "planted",
+           "--tracking-uri", uri, "--set", "replay.epoch_s=0.4",
+           "--set", "resources.max_concurrent_studies=1", "--no-progress"]  # fmt: skip
+    db, log = root / "results" / "mlflow.db", root / "first.log"
+    first = start_sweep(cmd, log, f"replay-resume-{os.getpid()}")
+    wait_for_finished_trials(first, db, log, 3)
+    time.sleep(3)  # past Ray Tune's state save (tune.state_save_s)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    time.sleep(2)
+    before = trial_runs(db)
+    second = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=600,
+                            cwd=root)  # fmt: skip
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    table = replay_table(ReplaySettings(experiment="planted", tracking_uri=uri))
+    return before, trial_runs(db), table
+
+
+def test_the_experiment_replay_resumes_without_rerunning_a_finished_trial(
+    resumed_from_experiment,
+):
+    before, after, table = resumed_from_experiment
+    finished = {t: v for t, v in before.items() if v[1] == "FINISHED"}
+    assert len(finished) >= 3
+    for trial_id, value in finished.items():
+        assert after[trial_id] == value, trial_id  # same run, same end: never run again
+    # the table from MLflow: the planted sweep's trials that ran every epoch
+    grid = sum(len(table.configs(t, m)) for t, m in table.studies())
+    assert set(table.studies()) == set(BEST) and grid >= len(BEST)
+    done = [v for v in after.values() if v[1] == "FINISHED"]
+    assert len(done) == grid, "each recorded configuration exactly once"
