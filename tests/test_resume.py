@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -17,29 +16,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from _sweep_helpers import trial_runs
 from mlflow.tracking import MlflowClient
 
 BIN = Path(sys.executable).parent
 SAMPLES, EPOCHS = 4, 2  # four: the kill (two finished + 3 s) lands mid-study
-
-
-def _trials(db: Path) -> dict[str, tuple[str, str, int | None]]:
-    """trial_id → (run id, status, end time) of every trial run so far.
-
-    Read with sqlite3, read-only: an MlflowClient here could race the sweep's own process
-    while it creates the store's tables.
-    """
-    if not db.exists():
-        return {}
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as conn:
-            rows = conn.execute(
-                "SELECT t.value, r.run_uuid, r.status, r.end_time FROM runs r "
-                "JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = 'trial_id'"
-            ).fetchall()
-    except sqlite3.OperationalError:  # tables not created yet
-        return {}
-    return {trial: (run, status, end) for trial, run, status, end in rows}
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +52,7 @@ def interrupted_then_resumed(tmp_path_factory):
     with open(root / "first.log", "w") as log:
         first = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + 400
-        while sum(s == "FINISHED" for _, s, _ in _trials(db).values()) < 2:
+        while sum(s == "FINISHED" for _, s, _ in trial_runs(db).values()) < 2:
             assert first.poll() is None, (root / "first.log").read_text()[-3000:]
             assert time.time() < deadline, "the first run never finished two trials"
             time.sleep(0.5)
@@ -81,12 +62,12 @@ def interrupted_then_resumed(tmp_path_factory):
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
     time.sleep(2)
-    before = _trials(db)
+    before = trial_runs(db)
     second = subprocess.run(
         [*cmd, "--resume"], capture_output=True, text=True, timeout=600, cwd=root
     )
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    return root, before, _trials(db), second.stdout
+    return root, before, trial_runs(db), second.stdout
 
 
 def test_finished_trials_are_not_run_again(interrupted_then_resumed):
