@@ -44,14 +44,14 @@ def test_writes_during_an_outage_arrive_in_order_afterwards(tracker):
     t.start_run("b", "b", {"stage": "final"}, start_time=100.0)  # created while down
     t.log_artifact_bytes("b", "x.bin", b"payload")
     t.end_run("b", "FINISHED", None, end_time=112.5)
-    assert t.status() == {"pending": 4, "down": True, "outages": 1}
+    assert t.status() == {"pending": 4, "down": True, "outages": 1, "fatal": ""}
     assert (t.journal / "journal.jsonl").read_text().count("\n") == 4
     now[0] += 60
     t.log_metrics("a", {"val/acc": 0.6}, 2)  # still down: queued behind the others
     assert t.status()["pending"] == 5
     outage.down = False
     t.close(timeout=1)
-    assert t.status() == {"pending": 0, "down": False, "outages": 1}
+    assert t.status() == {"pending": 0, "down": False, "outages": 1, "fatal": ""}
     client = t.inner.client.client
     history = client.get_metric_history(t.inner.runs["a"], "val/acc")
     assert [(m.step, m.value) for m in history] == [(1, 0.5), (2, 0.6)]

@@ -4,7 +4,7 @@ Each study of the table is tuned again by each strategy with one seed at a time,
 a time: the proposer is the table order (``grid``), a seeded permutation (``random``) or the
 sweep's TPE (``tuner.sweep.searcher.tpe_searcher``: ``HonestOptunaSearch`` over the table's
 values as choice domains, optionally warm-started); with ``asha`` the sweep's ASHA
-(``tuner.sweep.shared_run._scheduler``) sees every epoch of the recorded curve and may stop
+(``tuner.sweep.shared_run.study_scheduler``) sees every epoch of the recorded curve and may stop
 the trial. The searcher and scheduler are driven through the calls Ray Tune makes
 (``suggest``, ``on_trial_result``, ``on_trial_complete``; ``on_trial_add``), so what is
 measured is what a sweep would do, minus concurrency (trials run one after another).
@@ -84,7 +84,7 @@ class _Trial:
 def _scheduler_factory(asha: Asha, max_epochs: int) -> Callable[[], Any]:
     """The per-study scheduler exactly as the sweep builds it, for these epochs."""
     from tuner.config import TuneSettings
-    from tuner.sweep.shared_run import _scheduler
+    from tuner.sweep.shared_run import study_scheduler
 
     tune = TuneSettings(
         max_epochs=max_epochs,
@@ -92,7 +92,7 @@ def _scheduler_factory(asha: Asha, max_epochs: int) -> Callable[[], Any]:
         reduction_factor=asha.reduction_factor,
         early_stopping=True,
     )
-    return _scheduler(SimpleNamespace(tune=tune)).make  # it reads only cfg.tune
+    return study_scheduler(SimpleNamespace(tune=tune))  # it reads only cfg.tune
 
 
 class _Proposer:

@@ -78,7 +78,10 @@ def open_limits(cfg: SweepConfig, cluster: dict[str, float]) -> tuple[int, int]:
     return per_study, math.ceil(slots(cfg, cluster) / per_study) + 1
 
 
-def _make_scheduler(cfg: SweepConfig) -> Any:
+def study_scheduler(cfg: SweepConfig) -> Any:
+    """What builds one study's scheduler: ASHA as the sweep configures it (it reads only
+    ``cfg.tune``), or FIFO without early stopping. The replay comparison builds its
+    schedulers with it too."""
     if not cfg.tune.early_stopping:
         return FIFOScheduler
     return functools.partial(
@@ -104,7 +107,7 @@ def new_tuner(cfg: SweepConfig, studies: dict[str, StudySpec], trainable: Any) -
         param_space={},
         tune_config=tune.TuneConfig(
             search_alg=searcher,
-            scheduler=MultiStudyScheduler(_make_scheduler(cfg), searcher),
+            scheduler=MultiStudyScheduler(study_scheduler(cfg), searcher),
             num_samples=-1,  # the searcher says when every study has had its trials
             max_concurrent_trials=per_study * max_open,
             reuse_actors=True,  # one actor runs trial after trial, across studies
