@@ -94,10 +94,15 @@ class FinalModel:
         return self.spec.method
 
 
-def load_final_model(
-    tracker: TrackingService, run: dict[str, Any], data_root: str | None = None
-) -> FinalModel:
-    """The trained model of a final run (trainable tensors loaded into a fresh build)."""
+def rebuild_trainer(
+    tracker: TrackingService,
+    run: dict[str, Any],
+    data_root: str | None = None,
+    hint: str = "-o data_root=PATH sets another",
+) -> tuple[TrialSpec, Any, nn.Module]:
+    """(spec, trainer, model) of a final run: a fresh build with its trainable tensors
+    loaded, in eval mode on the CPU. The one rebuild the analyses and the delivery share;
+    ``hint`` says how the caller's user points at another data root."""
     from tuner.training.trainer import Trainer
 
     spec = final_spec(tracker, run, data_root)
@@ -107,11 +112,19 @@ def load_final_model(
     except (OSError, ValueError, KeyError) as err:
         raise AnalysisError(
             f"cannot rebuild final {run_label(run)} (data_root {spec.data_root!r}; "
-            f"-o data_root=PATH sets another): {str(err).splitlines()[0]}"
+            f"{hint}): {str(err).splitlines()[0]}"
         ) from err
     model = trainer.method.load_trainable_state_dict(trainer.model, tensors, run_label(run))
     assert trainer.data is not None
-    return FinalModel(run, spec, model.cpu().eval(), trainer.data.test)
+    return spec, trainer, model.cpu().eval()
+
+
+def load_final_model(
+    tracker: TrackingService, run: dict[str, Any], data_root: str | None = None
+) -> FinalModel:
+    """The trained model of a final run (trainable tensors loaded into a fresh build)."""
+    spec, trainer, model = rebuild_trainer(tracker, run, data_root)
+    return FinalModel(run, spec, model, trainer.data.test)
 
 
 def frozen_backbone(backbone: str, weights: str | None, pretrained: bool = True) -> nn.Module:

@@ -7,7 +7,6 @@ names are kept too, since a package needs the method to merge and the names to a
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,29 +34,19 @@ class Rebuilt:
 
 def rebuild_final(tracker: Any, run: dict[str, Any], data_root: str | None = None) -> Rebuilt:
     """Rebuild ``run`` (a final run dict); ``data_root`` replaces the stored one."""
-    from tuner.analysis.models import final_spec, run_label, trainable_tensors
+    from tuner.analysis.models import rebuild_trainer
     from tuner.analysis.run import AnalysisError
-    from tuner.tracking.client import fetch_artifact
-    from tuner.training.trainer import Trainer
 
     try:
-        spec = final_spec(tracker, run, data_root)
-        tensors = trainable_tensors(tracker, run)
+        spec, trainer, model = rebuild_trainer(
+            tracker, run, data_root, hint="--data-root sets another"
+        )
     except AnalysisError as err:
         raise DeliverError(str(err)) from None
-    try:
-        trainer = Trainer(dataclasses.replace(spec, stage="final"), fetch=fetch_artifact)
-    except (OSError, ValueError, KeyError) as err:
-        raise DeliverError(
-            f"cannot rebuild final {run_label(run)} (data_root {spec.data_root!r}; "
-            f"--data-root sets another): {str(err).splitlines()[0]}"
-        ) from None
-    model = trainer.method.load_trainable_state_dict(trainer.model, tensors, run_label(run))
-    assert trainer.data is not None
     return Rebuilt(
         run=run,
         spec=spec,
-        model=model.cpu().eval(),
+        model=model,
         method=trainer.method,
         num_classes=trainer.data.info.num_classes,
         classes=trainer.data.classes,
