@@ -29,6 +29,7 @@ from tuner.config import ConfigError, parse_config
 from tuner.data import TaskData, get_task
 from tuner.sweep.plan import StudySpec, study_hash
 from tuner.sweep.specs import trial_spec
+from tuner.training.settings import TrainSettings
 from tuner.training.spec import TrialSpec
 from tuner.training.trainer import Trainer
 
@@ -207,7 +208,8 @@ def _fake_task(task: str) -> TaskData:
 @pytest.mark.parametrize("normalize", [True, False])
 def test_normalize_switch_reaches_the_trainer_input(normalize):
     task = "synth/dsprites_loc"
-    spec = TrialSpec(task=task, method="linear", pretrained=False, normalize=normalize, threads=1)
+    raw = TrainSettings(pretrained=False, normalize=normalize)
+    spec = TrialSpec(task=task, method="linear", train=raw, threads=1)
     trainer = Trainer(spec, data=_fake_task(task))
     x = trainer.data.train[0][:2]
     want = x.float() / 255 if not normalize else (x.float() / 255 - 0.5) / 0.5
@@ -223,7 +225,8 @@ def test_config_fields_reach_trial_spec_and_study_hash(tmp_path):
     raw = parse_config({**base, "train": {"normalize": False}})
     weighted = parse_config({**base, "backbone_weights": str(path)})
     spec = trial_spec(raw, "synth/dsprites_loc", "linear", {}, "tune", 0)
-    assert spec.normalize is False and spec.weights is None
+    assert spec.train.normalize is False and spec.weights is None
+    assert spec.train is raw.train  # the section itself, not a copy of its fields
     assert trial_spec(weighted, "synth/dsprites_loc", "linear", {}, "tune", 0).weights == str(path)
     hashes = {study_hash(c, study) for c in (plain, raw, weighted)}
     assert len(hashes) == 3
@@ -244,7 +247,7 @@ def test_trainer_loads_data_with_the_backbone_interpolation(monkeypatch):
         return _fake_task(task_id)
 
     monkeypatch.setattr(tuner.training.trainer, "load_task", fake_load_task)
-    Trainer(TrialSpec(task=task, method="linear", pretrained=False, threads=1))
+    Trainer(TrialSpec(task=task, method="linear", train=TrainSettings(pretrained=False), threads=1))
     assert (seen["image_size"], seen["interpolation"]) == (32, "bilinear")
 
 

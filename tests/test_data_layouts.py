@@ -186,6 +186,7 @@ def test_config_accepts_folder_subset_and_shift_entries(tmp_path, monkeypatch):
 
 
 def test_train_one_runs_an_epoch_on_a_folder_task(tmp_path):
+    from tuner.training.settings import TrainSettings
     from tuner.training.spec import TrialSpec
     from tuner.training.trainer import train_one
 
@@ -195,10 +196,9 @@ def test_train_one_runs_an_epoch_on_a_folder_task(tmp_path):
         method="lora",
         hp={"lr": 3e-3},
         epochs=1,
-        batch_size=8,
         data_root=str(tmp_path / "data"),
         threads=1,
-        pretrained=False,
+        train=TrainSettings(batch_size=8, pretrained=False),
     )
     result = train_one(spec)
     assert len(result["history"]) == 1 and 0.0 <= result["val/acc"] <= 1.0

@@ -9,9 +9,9 @@ from types import SimpleNamespace
 
 import pandas as pd
 
-from tuner.config import SearchSettings
 from tuner.replay.prior import method_defaults, prior_points, with_prior
 from tuner.replay.table import from_records, load_table
+from tuner.search_settings import SearchSettings
 from tuner.sweep.spaces import Domain, load_space
 
 

@@ -25,8 +25,8 @@ from typer.testing import CliRunner
 
 from tests._sweep_helpers import start_sweep, trial_runs, wait_for_finished_trials
 from tuner.cli import app
-from tuner.config import ReplaySettings
 from tuner.replay.engine import replay_table
+from tuner.replay.settings import ReplaySettings
 from tuner.replay.trial import replayed_curve
 
 BIN = Path(sys.executable).parent

@@ -21,6 +21,7 @@ from tuner.backbones.timm_models import TINY_NAME, create_backbone
 from tuner.data import load_task
 from tuner.optim import warmup_cosine
 from tuner.sweep.spaces import grid_points, load_space
+from tuner.training.settings import TrainSettings
 from tuner.training.spec import TrialSpec
 from tuner.training.trainer import Trainer
 
@@ -159,10 +160,11 @@ def data_root(tmp_path_factory) -> Path:
     return root
 
 
-def _spec(data_root: Path, **kw) -> TrialSpec:
-    base = dict(task="synth/count", method="bitfit", hp={"lr": 1e-2, "weight_decay": 1e-3},
-                epochs=6, data_root=str(data_root), threads=1, seed=0, batch_size=256)  # fmt: skip
-    return TrialSpec(**{**base, **kw})
+def _spec(data_root: Path, epochs: int = 6, **train) -> TrialSpec:
+    """The bitfit run of these tests; keywords are ``TrainSettings`` fields."""
+    return TrialSpec(task="synth/count", method="bitfit", hp={"lr": 1e-2, "weight_decay": 1e-3},
+                     epochs=epochs, data_root=str(data_root), threads=1, seed=0,
+                     train=TrainSettings(**{"batch_size": 256, **train}))  # fmt: skip
 
 
 def test_epoch_schedule_is_the_studys_loop(data_root):

@@ -3,17 +3,20 @@
 Every field is checked before a single trial starts: an unknown method or task names the
 bad value and lists the valid ones, a wrong type names the field path (``tune.max_epochs``),
 and unknown keys are rejected (a typo never silently falls back to a default).
+
+The sections live beside their users and are assembled here: ``tune``/``search`` in
+``tuner.search_settings``, ``train`` in ``tuner.training.settings`` (the ``TrialSpec`` of
+every run carries it), ``replay`` in ``tuner.replay.settings``.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any
 
 import yaml
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     ValidationError,
@@ -25,6 +28,9 @@ from pydantic import (
 from tuner import methods
 from tuner.backbones import TINY_NAME
 from tuner.data.tasks import get_task, list_tasks
+from tuner.replay.settings import ReplaySettings, replay_names
+from tuner.search_settings import SearchSettings, TuneSettings
+from tuner.training.settings import Strict, TrainSettings
 from tuner.util import unknown_message
 
 QUICKSTART = Path(__file__).parent / "quickstart.yaml"
@@ -53,105 +59,7 @@ class ConfigError(ValueError):
     """A sweep config that cannot be run; the message names the file and field path."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class TuneSettings(_Strict):
-    """Per-study budget: every (task, method) study gets exactly this."""
-
-    num_samples: int = Field(8, ge=1, description="trials per study (Optuna samples)")
-    max_epochs: int = Field(8, ge=1, description="epochs of a trial that ASHA never stops")
-    grace_period: int = Field(2, ge=1, description="ASHA: epochs before a trial may be stopped")
-    reduction_factor: int = Field(2, ge=2, description="ASHA: keep 1/rf of trials per rung")
-    max_concurrent_trials: int = Field(2, ge=1, description="running trials per study")
-    checkpoint_every: int = Field(
-        0, ge=0, description="epochs between trial checkpoints (0: only the time rule)"
-    )
-    checkpoint_interval_s: float = Field(
-        120.0, ge=0, description="seconds of training between trial checkpoints (0: off)"
-    )
-    early_stopping: bool = Field(
-        True, description="ASHA; false: every trial runs max_epochs (a grid search as published)"
-    )
-    state_save_s: float = Field(
-        1.0,
-        ge=0,
-        description="Ray Tune saves trial statuses at most this often (TUNE_GLOBAL_CHECKPOINT_S);"
-        " a crash re-runs the trials that ended since the last save",
-    )
-    stop_grace_s: float = Field(
-        30.0, ge=0, description="on Ctrl-C/SIGTERM: seconds running trials get to checkpoint"
-    )
-
-    #: Settings that change how a sweep runs, never a study's result (kept out of its hash)
-    RESULT_NEUTRAL: ClassVar[set[str]] = {"state_save_s", "stop_grace_s"}
-
-    @model_validator(mode="after")
-    def _grace_fits(self) -> TuneSettings:
-        if self.grace_period > self.max_epochs:
-            raise ValueError(
-                f"grace_period ({self.grace_period}) exceeds max_epochs ({self.max_epochs})"
-            )
-        return self
-
-
-class SearchSettings(_Strict):
-    space: Literal["optuna", "published_grid"] = "optuna"
-    sampler: Literal["auto", "grid", "tpe"] = Field(
-        "auto",
-        description="auto: every grid point for published_grid, TPE for optuna; "
-        "tpe with published_grid: TPE (and ASHA) over the grid's values",
-    )
-    spaces_dir: Path | None = Field(None, description="override the shipped search_spaces/")
-    fixed: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="per-method fixed hyper-parameters, e.g. lora: {rank: 4}"
-    )
-    warm_start: bool = Field(
-        False, description="seed TPE with the same method's chosen configs on other tasks"
-    )
-    warm_start_top: int = Field(3, ge=1, description="warm-start points per study, at most")
-    prior: str | None = Field(
-        None,
-        description="a replay table (petl_vision_vtab1k, or a CSV/parquet path): TPE first "
-        "tries the method's configurations that came within prior_eps of the best on most of "
-        "the table's other tasks (tuner.replay.prior; bench/replay_strategies.py)",
-    )
-    prior_top: int = Field(16, ge=1, description="prior points per study, at most")
-    prior_eps: float = Field(0.01, ge=0, description="prior: 'near the best' on a task")
-
-    @field_validator("prior")
-    @classmethod
-    def _prior_exists(cls, value: str | None) -> str | None:
-        if value is not None:
-            from tuner.replay.table import resolve
-
-            resolve(value)  # a TableError (a ValueError) names the shipped tables
-        return value
-
-
-class TrainSettings(_Strict):
-    batch_size: int = Field(64, ge=1)
-    warmup_epochs: float = Field(1.0, ge=0)
-    warmup_lr_init: float | None = Field(
-        None, ge=0, description="lr at the first warm-up step (studies: 1e-6); None: lr/steps"
-    )
-    lr_min: float = Field(0.0, ge=0, description="cosine floor (studies: 1e-5)")
-    lr_schedule: Literal["step", "epoch"] = Field(
-        "step", description="epoch: timm's CosineLRScheduler stepped per epoch (the studies)"
-    )
-    weight_decay_on: Literal["matrices", "all"] = Field(
-        "matrices", description="all: every tuned tensor decays (the seed studies)"
-    )
-    drop_path: float | None = Field(
-        None, ge=0, lt=1, description="fixed drop path for every run (studies: 0.1)"
-    )
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-    pretrained: bool = True
-    normalize: bool = Field(True, description="False: [0, 1] pixels, no mean/std (seed studies)")
-
-
-class FinalSettings(_Strict):
+class FinalSettings(Strict):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     seeds: int = Field(3, ge=1, description="retrains of the best config on train+val")
@@ -165,7 +73,7 @@ class FinalSettings(_Strict):
     )
 
 
-class ResourceSettings(_Strict):
+class ResourceSettings(Strict):
     cpus_per_trial: float = Field(1, gt=0)
     gpus_per_trial: float = Field(0, ge=0, description="fractions share one GPU, e.g. 0.25")
     max_concurrent_studies: int | None = Field(
@@ -181,46 +89,18 @@ class ResourceSettings(_Strict):
     )
 
 
-class TrackingSettings(_Strict):
+class TrackingSettings(Strict):
     uri: str | None = Field(None, description="MLflow tracking URI; default sqlite under out_dir")
     experiment: str | None = Field(None, description="default: the sweep name")
 
 
-class RaySettings(_Strict):
+class RaySettings(Strict):
     address: str | None = Field(None, description="None: start a local Ray; 'auto': join one")
     num_cpus: int | None = Field(None, ge=1, description="local Ray only")
     storage_path: str | None = Field(None, description="Ray Tune storage; shared FS or s3://")
 
 
-class ReplaySettings(_Strict):
-    """Recorded results stand in for training (``tuner.replay.engine``): tasks, methods and
-    hyper-parameter names are the table's labels, not the registries'."""
-
-    table: str | None = Field(None, description="CSV/parquet path or petl_vision_vtab1k")
-    experiment: str | None = Field(None, description="instead: a finished sweep's experiment")
-    tracking_uri: str = Field("sqlite:///results/mlflow.db", description="with experiment")
-    epoch_s: float | None = Field(
-        None, ge=0, description="seconds a replayed epoch takes; None: the table's, else 0"
-    )
-
-    @model_validator(mode="after")
-    def _readable(self) -> ReplaySettings:
-        from tuner.replay.engine import replay_table
-
-        if (self.table is None) == (self.experiment is None):
-            raise ValueError("replay: give a table or an experiment, not both or neither")
-        if self.table and Path(self.table).is_file():  # Ray workers run in other folders
-            self.table = str(Path(self.table).resolve())
-        replay_table(self)  # a missing or malformed table fails here, naming file and row
-        return self
-
-    @property
-    def source(self) -> str:
-        """The table's name as tags and messages show it."""
-        return Path(self.table).name if self.table else f"mlflow:{self.experiment}"
-
-
-class SweepConfig(_Strict):
+class SweepConfig(Strict):
     name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     seed: int = 0
     backbone: str = Field(TINY_NAME, description="timm model name or preset (petl-sweep backbones)")
@@ -258,7 +138,7 @@ class SweepConfig(_Strict):
     @classmethod
     def _known_methods(cls, value: list[str], info: ValidationInfo) -> list[str]:
         if info.data.get("replay"):
-            return _expand(value, *_replay_names(info.data["replay"], 1))
+            return _expand(value, *replay_names(info.data["replay"], 1))
         expanded = _expand(value, methods.list_methods(), "method")
         return expanded
 
@@ -266,7 +146,7 @@ class SweepConfig(_Strict):
     @classmethod
     def _known_tasks(cls, value: list[str], info: ValidationInfo) -> list[str]:
         if info.data.get("replay"):
-            return _expand(value, *_replay_names(info.data["replay"], 0))
+            return _expand(value, *replay_names(info.data["replay"], 0))
         return _expand_tasks(value)
 
     @model_validator(mode="after")
@@ -374,15 +254,6 @@ class SweepConfig(_Strict):
     @property
     def threads_per_trial(self) -> int:
         return max(1, math.floor(self.resources.cpus_per_trial))
-
-
-def _replay_names(replay: ReplaySettings, part: int) -> tuple[list[str], str]:
-    """The replay table's tasks (``part`` 0) or methods (1), in table order, and their kind
-    as an error names it (with the table)."""
-    from tuner.replay.engine import replay_table
-
-    names = dict.fromkeys(study[part] for study in replay_table(replay).studies())
-    return list(names), f"{('task', 'method')[part]} of replay table {replay.source}"
 
 
 def _expand(values: list[str], valid: list[str], kind: str) -> list[str]:

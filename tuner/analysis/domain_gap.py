@@ -90,7 +90,7 @@ def experiment_tasks(trackers: list[TrackingService], data_root: str | None) -> 
             backbone = tags["backbone"]
             if backbone not in configs and tags.get("stage") == "final":
                 spec = final_spec(tracker, run, data_root)
-                configs[backbone] = (spec.weights, spec.pretrained, spec.data_root)
+                configs[backbone] = (spec.weights, spec.train.pretrained, spec.data_root)
             where = configs.get(backbone, (None, True, data_root or "data"))
             found.setdefault((tags["task"], backbone), TaskSource(tags["task"], backbone, *where))
     if not found:

@@ -22,7 +22,7 @@ from tuner.analysis.run import AnalysisError
 from tuner.backbones import create_backbone, input_spec
 from tuner.tracking.artifacts import read_trainable
 from tuner.tracking.client import TrackingService, fetch_artifact
-from tuner.training.spec import TrialSpec
+from tuner.training.spec import SpecError, TrialSpec
 
 CONFIG = "config.json"
 TRAINABLE = "trainable.safetensors"
@@ -47,8 +47,10 @@ def final_spec(
         config = tracker.load_dict(run["run_id"], CONFIG)
     except Exception as err:  # MLflow raises several types for a missing artifact
         raise AnalysisError(f"final {run_label(run)} has no stored {CONFIG}") from err
-    known = {f.name for f in dataclasses.fields(TrialSpec)}
-    spec = TrialSpec(**{k: v for k, v in config.items() if k in known})
+    try:  # either layout: runs of earlier versions stored the recipe's fields flat
+        spec = TrialSpec.from_dict(config)
+    except SpecError as err:
+        raise AnalysisError(f"final {run_label(run)}: {CONFIG}: {err}") from None
     return dataclasses.replace(
         spec,
         shifts=spec.shifts if shifts else {},
@@ -72,7 +74,7 @@ def model_input(spec: TrialSpec, x: torch.Tensor) -> torch.Tensor:
     """uint8 N×3×H×W → what the model saw in training: [0, 1] pixels, normalised with the
     backbone's mean/std unless the spec trained on raw pixels (``normalize=False``)."""
     x = x.float().div(255.0)
-    if not spec.normalize:
+    if not spec.train.normalize:
         return x
     inputs = input_spec(spec.backbone)
     mean = torch.tensor(inputs.mean).view(1, -1, 1, 1)

@@ -61,7 +61,7 @@ def label(run: dict[str, Any]) -> str:
 def run_spec(tracker: TrackingService, run: dict[str, Any], data_root: str | None) -> TrialSpec:
     """The run's ``TrialSpec`` (shift sets included), checked before anything is built."""
     spec = final_spec(tracker, run, data_root, shifts=True)
-    if not spec.pretrained:
+    if not spec.train.pretrained:
         raise AnalysisError(f"{label(run)} trained from scratch: no pretrained backbone")
     for name, path in spec.shifts.items():
         if not Path(path).exists():

@@ -60,7 +60,7 @@ def pretrained_cfg(rebuilt: Rebuilt) -> dict[str, Any]:
     """The timm ``pretrained_cfg`` overlay describing the model as trained (without ``file``,
     which the loader sets): training's resize (``squash``, no crop) and normalisation."""
     spec, inputs = rebuilt.spec, input_spec(rebuilt.spec.backbone)
-    mean, std = (inputs.mean, inputs.std) if spec.normalize else ((0.0,) * 3, (1.0,) * 3)
+    mean, std = (inputs.mean, inputs.std) if spec.train.normalize else ((0.0,) * 3, (1.0,) * 3)
     return {
         "num_classes": rebuilt.num_classes,
         "input_size": [3, inputs.size, inputs.size],
@@ -150,7 +150,7 @@ def export_model(rebuilt: Rebuilt, out: Path, about: dict[str, Any] | None = Non
             "hp": dict(spec.hp),
             "backbone": spec.backbone,
             "task": spec.task,
-            "normalize": spec.normalize,
+            "normalize": spec.train.normalize,
             "sensitivity_scores": bool(scores) and state is petl_state,
             **(about or {}),
         },

@@ -83,7 +83,7 @@ class _Trial:
 
 def _scheduler_factory(asha: Asha, max_epochs: int) -> Callable[[], Any]:
     """The per-study scheduler exactly as the sweep builds it, for these epochs."""
-    from tuner.config import TuneSettings
+    from tuner.search_settings import TuneSettings
     from tuner.sweep.shared_run import study_scheduler
 
     tune = TuneSettings(

@@ -32,8 +32,9 @@ from typing import Any
 
 import ray
 
-from tuner.config import ReplaySettings, SweepConfig
+from tuner.config import SweepConfig
 from tuner.records import FinalResult, StudySummary
+from tuner.replay.settings import ReplaySettings
 from tuner.replay.table import ReplayTable
 from tuner.replay.trial import Source, cached_table, epoch_seconds, make_trainable
 from tuner.sweep.checkpoints import CheckpointPolicy

@@ -22,7 +22,7 @@ def preset_strategy(preset: str = DEFAULT_PRESET, name: str = "default") -> tupl
 
     data = preset_data(preset)
     tune, search = data.get("tune", {}), data.get("search", {})
-    from tuner.config import SearchSettings, TuneSettings
+    from tuner.search_settings import SearchSettings, TuneSettings
 
     tune_s = TuneSettings(**tune)
     search_s = SearchSettings(**search)

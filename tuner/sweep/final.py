@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from typing import Any
 
 import ray
@@ -91,7 +90,12 @@ def log_final(cfg: SweepConfig, tracker: Any, result: FinalResult, dataset: dict
         **replay_tag(cfg),
     }
     name = f"final {result.study} seed{result.seed_index}"
-    params = {**spec.hp, "seed": spec.seed, "epochs": spec.epochs, "batch_size": spec.batch_size}
+    params = {
+        **spec.hp,
+        "seed": spec.seed,
+        "epochs": spec.epochs,
+        "batch_size": spec.train.batch_size,
+    }
     # Logged after the retrain, so backdated: MLflow's duration is the retrain's wall time.
     ray.get(tracker.start_run.remote(key, name, tags, params=params, start_time=result.started_at))
     tracker.log_dataset.remote(key, dataset, "final")
@@ -122,7 +126,7 @@ def log_final(cfg: SweepConfig, tracker: Any, result: FinalResult, dataset: dict
         tracker.log_artifact_bytes.remote(
             key, "trainable.safetensors", trainable_bytes(result.trainable_state, meta)
         )
-    tracker.log_dict.remote(key, asdict(spec), "config.json")
+    tracker.log_dict.remote(key, spec.to_dict(), "config.json")
     for filename, data in result.report_files.items():
         tracker.log_artifact_bytes.remote(key, filename, data)
     tracker.log_dict.remote(key, result.environment, "environment.json")

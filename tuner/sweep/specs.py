@@ -1,8 +1,8 @@
 """From a sweep config to the fixed part of every run: one place, so tune and final agree.
 
 Everything a trial or final retrain needs besides its sampled hyper-parameters comes from
-here: the tune stage lays the sampled config over it (``TrialSpec.with_hp``), the final stage
-the study's chosen config.
+here, the ``train:`` section as it is (one frozen ``TrainSettings``): the tune stage lays the
+sampled config over it (``TrialSpec.with_hp``), the final stage the study's chosen config.
 """
 
 from __future__ import annotations
@@ -29,19 +29,10 @@ def trial_spec(
         method=method,
         hp=hp,
         backbone=cfg.backbone,
-        pretrained=cfg.train.pretrained,
         weights=cfg.backbone_weights,
-        normalize=cfg.train.normalize,
         stage=stage,
         epochs=cfg.tune.max_epochs if stage == "tune" else cfg.final_epochs,
-        batch_size=cfg.train.batch_size,
-        warmup_epochs=cfg.train.warmup_epochs,
-        warmup_lr_init=cfg.train.warmup_lr_init,
-        lr_min=cfg.train.lr_min,
-        lr_schedule=cfg.train.lr_schedule,
-        weight_decay_on=cfg.train.weight_decay_on,
-        drop_path=cfg.train.drop_path,
-        label_smoothing=cfg.train.label_smoothing,
+        train=cfg.train,
         seed=seed,
         data_root=str(Path(cfg.data_root).resolve()),
         threads=cfg.threads_per_trial,

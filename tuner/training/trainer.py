@@ -70,7 +70,7 @@ class Trainer:
         model = create_backbone(
             spec.backbone,
             num_classes,
-            pretrained=spec.pretrained,
+            pretrained=spec.train.pretrained,
             drop_path=float(spec.common("drop_path")),
             weights=spec.weights,
         )
@@ -85,7 +85,7 @@ class Trainer:
             )
         mean = torch.tensor(self.inputs.mean, device=self.device).view(1, -1, 1, 1)
         std = torch.tensor(self.inputs.std, device=self.device).view(1, -1, 1, 1)
-        if not spec.normalize:  # seed-study protocol: raw [0, 1] pixels
+        if not spec.train.normalize:  # seed-study protocol: raw [0, 1] pixels
             mean, std = torch.zeros_like(mean), torch.ones_like(std)
         self._mean, self._std = mean, std
         self.prepared: Prepared | None = self.method.prepare(
@@ -101,11 +101,11 @@ class Trainer:
             # ~150 MB of uint8): no host-to-device copy per step
             self.x_train = self.x_train.to(self.device)
             self.y_train = self.y_train.to(self.device)
-        self.steps_per_epoch = math.ceil(len(self.y_train) / spec.batch_size)
+        self.steps_per_epoch = math.ceil(len(self.y_train) / spec.train.batch_size)
         lr, wd = float(spec.common("lr")), float(spec.common("weight_decay"))
         groups = (
             adamw_groups(self.method.trainable_parameters(self.model), wd, decay_everything)
-            if spec.weight_decay_on == "all"
+            if spec.train.weight_decay_on == "all"
             else self.method.param_groups(self.model, wd)
         )
         # fused: one kernel for every parameter's update on a GPU (not implemented on CPU)
@@ -117,24 +117,24 @@ class Trainer:
 
     def _schedules(self, lr: float) -> tuple[Any, CosineLRScheduler | None]:
         """(the scheduler, the same one when it steps per epoch, else None)."""
-        spec = self.spec
+        spec, train = self.spec, self.spec.train
         total = self.steps_per_epoch * spec.epochs
-        warmup = min(total, round(spec.warmup_epochs * self.steps_per_epoch))
-        start = None if spec.warmup_lr_init is None else min(1.0, spec.warmup_lr_init / lr)
-        if spec.lr_schedule == "epoch":
+        warmup = min(total, round(train.warmup_epochs * self.steps_per_epoch))
+        start = None if train.warmup_lr_init is None else min(1.0, train.warmup_lr_init / lr)
+        if train.lr_schedule == "epoch":
             # The seed studies' schedule exactly: timm's CosineLRScheduler over epochs
             # (cosine over the whole run, warm-up included), stepped once per epoch.
             per_epoch = CosineLRScheduler(
                 self.optimizer,
                 t_initial=spec.epochs,
-                warmup_t=round(spec.warmup_epochs),
-                lr_min=spec.lr_min,
-                warmup_lr_init=lr if spec.warmup_lr_init is None else spec.warmup_lr_init,
+                warmup_t=round(train.warmup_epochs),
+                lr_min=train.lr_min,
+                warmup_lr_init=lr if train.warmup_lr_init is None else train.warmup_lr_init,
             )
             return per_epoch, per_epoch
         per_step = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
-            warmup_cosine(total, max(1, warmup), start, min(1.0, spec.lr_min / lr)),
+            warmup_cosine(total, max(1, warmup), start, min(1.0, train.lr_min / lr)),
         )
         return per_step, None
 
@@ -185,12 +185,13 @@ class Trainer:
         ).to(self.x_train.device)
         total_loss = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
+        batch, smoothing = self.spec.train.batch_size, self.spec.train.label_smoothing
         for i in range(self.steps_per_epoch):
-            idx = order[i * self.spec.batch_size : (i + 1) * self.spec.batch_size]
+            idx = order[i * batch : (i + 1) * batch]
             x, y = self._prepare(self.x_train[idx]), self.y_train[idx].to(self.device)
             with self._autocast():
                 logits = self.model(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=self.spec.label_smoothing)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=smoothing)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
