@@ -28,14 +28,16 @@ import torch
 from gpu_throughput import TASK, fake_task
 
 from tuner.sweep.checkpoints import CheckpointPolicy
+from tuner.training.settings import TrainSettings
 from tuner.training.spec import TrialSpec
 from tuner.training.trainer import Trainer
 
 
 def checkpoint_cost(method: str, backbone: str, repeats: int) -> dict[str, Any]:
     spec = TrialSpec(
-        task=TASK, method=method, hp={"lr": 1e-3}, backbone=backbone, pretrained=False,
-        epochs=2, batch_size=16, data_root="/nonexistent", threads=2,
+        task=TASK, method=method, hp={"lr": 1e-3}, backbone=backbone,
+        train=TrainSettings(pretrained=False, batch_size=16), epochs=2,
+        data_root="/nonexistent", threads=2,
     )  # fmt: skip
     size = 224 if "224" in backbone else 32
     trainer = Trainer(spec, data=fake_task(16, size, torch.device("cpu")))

@@ -33,6 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from tuner.data import TaskData
 from tuner.data.tasks import get_task
+from tuner.training.settings import TrainSettings
 from tuner.training.spec import TrialSpec
 from tuner.training.trainer import Trainer
 
@@ -57,7 +58,8 @@ def fake_task(n_train: int, size: int, device: torch.device) -> TaskData:
 
 def step_flops(trainer: Trainer) -> float:
     """FLOPs of one real training step (forward, backward, optimiser), counted by torch."""
-    x, y = trainer.x_train[: trainer.spec.batch_size], trainer.y_train[: trainer.spec.batch_size]
+    batch = trainer.spec.train.batch_size
+    x, y = trainer.x_train[:batch], trainer.y_train[:batch]
     counter = FlopCounterMode(display=False)
     with counter, trainer._autocast():
         loss = torch.nn.functional.cross_entropy(trainer.model(trainer._prepare(x)).float(), y)
@@ -72,8 +74,9 @@ def measure(
     """images/s over epochs 2..n, the step's FLOPs, peak memory, trainable parameters."""
     dev = torch.device(device)
     spec = TrialSpec(
-        task=TASK, method=method, hp={"lr": 1e-3}, backbone=backbone, pretrained=False,
-        epochs=epochs, batch_size=batch, data_root="/nonexistent",
+        task=TASK, method=method, hp={"lr": 1e-3}, backbone=backbone,
+        train=TrainSettings(pretrained=False, batch_size=batch), epochs=epochs,
+        data_root="/nonexistent",
     )  # fmt: skip
     with mock.patch("tuner.training.trainer.pick_device", return_value=dev):
         size = 224 if "patch16_224" in backbone or backbone.startswith("vit_b16") else 32

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tuner.training.settings import TrainSettings
 from tuner.training.spec import TrialSpec
 from tuner.training.trainer import Trainer
 
@@ -34,8 +35,8 @@ CONDITIONS = {"800 images": ("", True), "50 images": ("@50", True),
 
 def run_one(task: str, method: str, lr: float, pretrained: bool, args: Any) -> dict[str, float]:
     spec = TrialSpec(task=task, method=method, hp={"lr": lr, "weight_decay": 1e-4},
-                     epochs=args.epochs, pretrained=pretrained, data_root=str(args.data_root),
-                     threads=args.threads, seed=0)  # fmt: skip
+                     epochs=args.epochs, train=TrainSettings(pretrained=pretrained),
+                     data_root=str(args.data_root), threads=args.threads, seed=0)  # fmt: skip
     trainer = Trainer(spec)
     history = list(trainer.epochs())
     return {"val": history[-1]["val/acc"], "test": trainer.evaluate("test")}
