@@ -156,8 +156,11 @@ class SweepRun:
             reason = "the tuning run ended before this study finished"
         except Exception as err:  # the shared run itself failed: its open studies too
             outcome, reason = TuningOutcome(), f"the tuning run failed: {first_line(err)}"
-        for event in ray.get(self.events.next_events.remote(0.0)):
+        # The read already waiting on the queue may hold the last events (it took them as
+        # they came, while this loop saw the task end first): handle it before draining.
+        for event in [*ray.get(self.next_events), *ray.get(self.events.next_events.remote(0.0))]:
             self.handle(event)
+        self.next_events = self.events.next_events.remote(TICK_S)
         if outcome.interrupted:
             return
         for study in list(self.owed.values()):
