@@ -106,8 +106,16 @@ class Lanes:
         return sorted(self.blocked.pop(key, ()))
 
     def ready(self) -> list[str]:
-        """Lanes with something to write now."""
-        return [k for k, q in self.queues.items() if self._waits_on(q[0]) is None]
+        """Lanes with something to write now (the others wait for a parent: ``pop`` of the
+        parent's creation names them)."""
+        keys = []
+        for key, queue in self.queues.items():
+            parent = self._waits_on(queue[0])
+            if parent is None:
+                keys.append(key)
+            else:
+                self.blocked.setdefault(parent, set()).add(key)
+        return keys
 
     def oldest(self, skip: set[str]) -> str | None:
         """The ready lane (not in ``skip``) holding the oldest write: where a replay starts."""
