@@ -236,6 +236,11 @@ class BufferedTracker:
         with self.writer.lock:
             return dict(self.writer.sent)
 
+    def backlog(self) -> dict[str, int]:
+        """Writes queued and lanes being written now, without waiting (the load bench)."""
+        with self.writer.lock:
+            return {"queued": len(self.writer.lanes), "writing": len(self.writer.scheduled)}
+
     def status(self) -> dict[str, Any]:
         """After the queued writes are in (or MLflow is found away)."""
         w = self.writer

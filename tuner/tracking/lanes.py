@@ -4,9 +4,10 @@ A trial reports an epoch at a time, and at cluster scale hundreds of trials repo
 second. MLflow takes a run's metrics, params and tags in one ``log_batch``, and writes to
 different runs do not depend on each other. So the tracker keeps a FIFO per run key (a run's
 writes go out in the order the sweep made them: creation first, ``end_run`` last), hands a
-writer the longest run of mergeable writes at the head of a lane as one batch, and lets
-different lanes be written at once. The one order between lanes: a child run is created
-after its parent (its ``start_run`` needs the parent's MLflow id).
+writer a lane's mergeable writes up to its next creation or end as one batch (they may
+overtake a queued artifact, never a run's creation or its end), and lets different lanes be
+written at once. The one order between lanes: a child run is created after its parent (its
+``start_run`` needs the parent's MLflow id).
 
 Not thread-safe by itself: the tracker holds its lock around every call.
 """
@@ -22,6 +23,9 @@ from typing import Any
 MERGEABLE = frozenset({"log_metrics", "log_params", "set_tags"})
 #: Writes that give a key its MLflow run (children wait for them)
 CREATES = frozenset({"start_run", "adopt", "fail_run"})
+#: Writes that a mergeable write may overtake (files beside the run, not its state): a
+#: trial's last metrics and end tags go out together although it logged an artifact between
+PASSABLE = frozenset({"log_artifact_bytes", "log_dict", "log_dataset"})
 #: Most writes merged into one batch (a long outage's backlog goes out in several)
 MAX_MERGED = 500
 
@@ -79,26 +83,28 @@ class Lanes:
         if parent is not None:
             self.blocked.setdefault(parent, set()).add(key)
             return None
-        if queue[0].op not in MERGEABLE:
-            return [queue[0]]
         batch = []
         for entry in queue:
-            if entry.op not in MERGEABLE or len(batch) >= MAX_MERGED:
+            if len(batch) >= MAX_MERGED:
                 break
-            batch.append(entry)
-        return batch
+            if entry.op in MERGEABLE:
+                batch.append(entry)
+            elif entry.op not in PASSABLE:
+                break
+        return batch or [queue[0]]
 
     def pop(self, key: str, entries: list[Entry]) -> list[str]:
-        """Remove a written (or refused) batch from the head of its lane; returns the lanes
-        that were waiting for this key's run to exist and now may go."""
+        """Remove a written (or refused) batch from its lane; returns the lanes that were
+        waiting for this key's run to exist and now may go."""
+        gone = {id(e) for e in entries}
         queue = self.queues[key]
-        for entry in entries:
-            head = queue.popleft()
-            assert head is entry, "a lane's batches are written in order"
-            self.count -= 1
-            if entry.op in CREATES:
-                self.creating[key] -= 1
-        if not queue:
+        kept = deque(e for e in queue if id(e) not in gone)
+        assert len(kept) == len(queue) - len(entries), "a batch is taken from its own lane"
+        self.count -= len(entries)
+        self.creating[key] -= sum(e.op in CREATES for e in entries)
+        if kept:
+            self.queues[key] = kept
+        else:
             del self.queues[key]
         if self.creating[key] > 0:
             return []
