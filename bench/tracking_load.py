@@ -30,6 +30,7 @@ on the test server.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -153,11 +154,14 @@ def _lost(url: str, name: str, parent: str, trials: int, epochs: int) -> dict[st
 
 
 def _tracker_pid() -> int | None:
+    """The tracker actor's process among this driver's own Ray processes (other Ray
+    instances on the machine have theirs)."""
     import psutil
 
-    for proc in psutil.process_iter(["cmdline"]):
-        if " ".join(proc.info["cmdline"] or []).startswith("ray::BufferedTracker"):
-            return proc.pid
+    for proc in psutil.Process(os.getpid()).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if " ".join(proc.cmdline()).startswith("ray::BufferedTracker"):
+                return proc.pid
     return None
 
 
@@ -190,10 +194,17 @@ def rate_trial(tracker: Any, index: int, epochs: int, period: float, start: floa
 
 
 def run_rate(
-    url: str, out_dir: Path, trials: int, seconds: float, rate: float, **options: Any
+    url: str,
+    out_dir: Path,
+    trials: int,
+    seconds: float,
+    rate: float,
+    server_pid: int | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
     """``trials`` threads at ``rate`` epochs/s for ``seconds`` through the sweep's tracker
-    actor (``options`` to ``BufferedTracker``); every write read back from ``url``."""
+    actor (``options`` to ``BufferedTracker``); every write read back from ``url``. The CPU
+    of the tracker and of the server (``server_pid`` and its children) is sampled too."""
     name = f"rate-{uuid.uuid4().hex[:8]}"
     cfg = parse_config(
         {
@@ -209,13 +220,23 @@ def run_rate(
     samples: list[dict[str, Any]] = []
     done = threading.Event()
 
-    def watch() -> None:  # the backlog and the tracker's memory every 2 s
+    def watch() -> None:  # the backlog, the tracker's memory, both sides' CPU every 2 s
         import psutil
 
+        procs = {"tracker": [psutil.Process(pid)] if pid else []}
+        if server_pid:
+            server = psutil.Process(server_pid)
+            procs["server"] = [server, *server.children(recursive=True)]
+        for proc in (p for group in procs.values() for p in group):
+            proc.cpu_percent()  # the first reading is 0: start the interval
         while not done.wait(2.0):
             row = {"t": round(time.time() - begin, 1), **ray.get(tracker.backlog.remote())}
-            if pid is not None:
-                row["rss_mib"] = round(psutil.Process(pid).memory_info().rss / 2**20, 1)
+            with contextlib.suppress(psutil.Error, IndexError):
+                row["rss_mib"] = round(procs["tracker"][0].memory_info().rss / 2**20, 1)
+            for role, group in procs.items():
+                with contextlib.suppress(psutil.Error):
+                    row[f"{role}_cpu_pct"] = round(sum(p.cpu_percent() for p in group))
+            row["load1"] = round(os.getloadavg()[0], 1)
             samples.append(row)
 
     begin = time.time()
@@ -253,6 +274,11 @@ def run_rate(
             "first": samples[0].get("rss_mib") if samples else None,
             "max": max((s.get("rss_mib", 0) for s in samples), default=None),
         },
+        "cpu_pct_mean": {
+            role: round(float(np.mean([s[f"{role}_cpu_pct"] for s in samples])))
+            for role in ("tracker", "server") if samples and f"{role}_cpu_pct" in samples[0]
+        },
+        "load1_mean": round(float(np.mean([s["load1"] for s in samples])), 1) if samples else None,
         "samples": samples, "lost": _lost(url, name, parent, trials, epochs),
         "journal_left": status["pending"], "outages": status["outages"],
     }  # fmt: skip
@@ -275,7 +301,7 @@ def _admin(sql: str) -> None:
         conn.close()
 
 
-def _serve(root: Path) -> tuple[str, subprocess.Popen, str]:
+def _serve(root: Path, workers: int = 1) -> tuple[str, subprocess.Popen, str]:
     """An MLflow server on a fresh PostgreSQL database, as the cluster runs it (1 worker)."""
     database = f"petl_sweep_bench_{uuid.uuid4().hex[:10]}"
     _admin(f"CREATE DATABASE {database}")
@@ -288,7 +314,7 @@ def _serve(root: Path) -> tuple[str, subprocess.Popen, str]:
     cmd = [
         str(Path(sys.executable).parent / "mlflow"), "server", "--serve-artifacts",
         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
-        "--port", str(port), "--workers", "1", "--allowed-hosts", f"127.0.0.1:{port}",
+        "--port", str(port), "--workers", str(workers), "--allowed-hosts", f"127.0.0.1:{port}",
     ]  # fmt: skip
     log = open(root / "server.log", "w")  # noqa: SIM115 - the server outlives this function
     proc = subprocess.Popen(
@@ -313,6 +339,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=120.0, help="rate mode: how long")
     parser.add_argument("--rate", type=float, help="rate mode: epochs per second per trial")
     parser.add_argument("--workers", type=int, help="the tracker's writer threads")
+    parser.add_argument("--server-workers", type=int, default=1, help="the MLflow server's")
     parser.add_argument("--flush-every", type=float, help="the tracker's flush interval (s)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -324,11 +351,12 @@ def main() -> None:
         root = Path(tmp)
         proc, url, database = None, args.url, None
         if url is None:
-            url, proc, database = _serve(root)
+            url, proc, database = _serve(root, args.server_workers)
         try:
             if args.rate:
+                pid = proc.pid if proc is not None else None
                 figures = run_rate(
-                    url, root / "results", args.trials, args.seconds, args.rate, **options
+                    url, root / "results", args.trials, args.seconds, args.rate, pid, **options
                 )
             else:
                 figures = run_load(url, root / "results", args.trials, args.epochs)
@@ -337,6 +365,7 @@ def main() -> None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
                 _admin(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+    figures["server_workers"] = args.server_workers
     figures["machine"] = f"{platform.node()} ({os.cpu_count()} CPUs)"
     figures["date"] = time.strftime("%Y-%m-%d")
     figures["command"] = "python bench/tracking_load.py " + " ".join(sys.argv[1:])
@@ -344,7 +373,8 @@ def main() -> None:
     f = figures
     if args.rate:
         keys = ("lost", "lag_at_end_s", "trial_calls_per_s", "mlflow_requests_per_s",
-                "mlflow_requests", "max_late_s", "backlog_max", "tracker_rss_mib")  # fmt: skip
+                "mlflow_requests", "max_late_s", "backlog_max", "tracker_rss_mib",
+                "cpu_pct_mean", "load1_mean")  # fmt: skip
         print(json.dumps({k: f[k] for k in keys}))
     else:
         print(
