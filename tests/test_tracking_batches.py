@@ -190,3 +190,38 @@ def test_a_refused_write_leaves_the_rest_of_its_batch_in_and_close_says_so(track
         t.close()
     assert [s for s, _ in _history(t, "a", "val/acc")] == [1, 2]
     assert t.status()["pending"] == 0
+
+
+def test_a_dataset_shared_by_two_runs_is_logged_one_run_at_a_time(tracker):
+    """Studies of one task log the same dataset (an experiment-wide entity): two writers
+    creating it at once make MLflow refuse one (a unique-key race on PostgreSQL)."""
+    t, client = tracker(workers=2)
+    for key in ("a", "b"):
+        t.start_run(key, key, {})
+    t.flush()
+    inside, peak, second, lock = [0], [0], threading.Event(), threading.Lock()
+    real = client.client.log_inputs
+
+    def log_inputs(*args, **kwargs):
+        with lock:
+            inside[0] += 1
+            peak[0] = max(peak[0], inside[0])
+        if inside[0] == 1:
+            second.wait(timeout=2)  # a second writer let in now would be seen above
+        else:
+            second.set()
+        try:
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                inside[0] -= 1
+
+    client.client.log_inputs = log_inputs
+    record = {"name": "synth/count", "digest": "abc123", "splits": {"train": 800}}
+    for key in ("a", "b"):
+        t.log_dataset(key, record, "tune")
+    t.close()  # raises if MLflow refused either
+    assert peak[0] == 1
+    for key in ("a", "b"):
+        (dataset,) = t.inner.client.get_run(t.inner.runs[key]).inputs.dataset_inputs
+        assert dataset.dataset.digest == "abc123"

@@ -26,6 +26,9 @@ CREATES = frozenset({"start_run", "adopt", "fail_run"})
 #: Writes that a mergeable write may overtake (files beside the run, not its state): a
 #: trial's last metrics and end tags go out together although it logged an artifact between
 PASSABLE = frozenset({"log_artifact_bytes", "log_dict", "log_dataset"})
+#: Writes that create an experiment-wide entity (a dataset, shared by every study of a
+#: task): one at a time across lanes, or two runs race to create it and MLflow refuses one
+SERIAL = frozenset({"log_dataset"})
 #: Most writes merged into one batch (a long outage's backlog goes out in several)
 MAX_MERGED = 500
 

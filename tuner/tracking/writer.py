@@ -11,6 +11,7 @@ queues drain in order. A refused write (4xx) is logged and kept in ``refused``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -22,7 +23,7 @@ from tenacity import Retrying, retry_if_exception, wait_exponential
 
 from tuner.tracking.client import TrackingService
 from tuner.tracking.errors import TrackingError, transient
-from tuner.tracking.lanes import MERGEABLE, Entry, Lanes, merged
+from tuner.tracking.lanes import MERGEABLE, SERIAL, Entry, Lanes, merged
 
 log = logging.getLogger("petl_sweep.tracking")
 #: Largest journal (entries) before the sweep stops rather than risk losing more.
@@ -44,6 +45,7 @@ class Writer:
         self.inner, self.journal, self.flush_every = inner, journal, flush_every
         self.journal.mkdir(parents=True, exist_ok=True)
         self.lanes, self.lock = Lanes(), threading.Condition()
+        self.serial = threading.Lock()  # writes of experiment-wide entities (lanes.SERIAL)
         self.scheduled: set[str] = set()  # lanes a writer holds or will take
         self.seq = 0
         self.down = False  # writers stopped until a probe gets through
@@ -226,7 +228,8 @@ class Writer:
                 Path(a["__blob__"]).read_bytes() if isinstance(a, dict) and "__blob__" in a else a
                 for a in head.args
             ]
-            getattr(self.inner, head.op)(*args, **head.kwargs)
+            with self.serial if head.op in SERIAL else contextlib.nullcontext():
+                getattr(self.inner, head.op)(*args, **head.kwargs)
             calls, kind = 1, head.op
         with self.lock:
             self.sent[kind] = self.sent.get(kind, 0) + calls
