@@ -182,7 +182,15 @@ class BufferedTracker:
             raise KeyError(key)  # a bug in the caller, said at once, as MLflow's client would
         return key
 
-    def _create(self, key, name, tags, params, parent, start_time) -> Entry:
+    def _create(
+        self,
+        key: str,
+        name: str,
+        tags: Mapping[str, Any],
+        params: Mapping[str, Any] | None,
+        parent: str | None,
+        start_time: float | None,
+    ) -> Entry:
         if parent is not None:
             self._known(parent)
         kwargs = {"parent": parent, "start_time": start_time}
