@@ -362,3 +362,25 @@ def test_32_concurrent_trials_lose_no_write(server, tmp_path):
     for op, row in latency.items():
         assert 0 < row["p50"] <= row["p95"] <= row["max"], (op, row)
     print(f"tracker call latency under 32 concurrent trials (ms): {latency}")
+
+
+def test_trials_at_a_steady_rate_lose_no_write(server, tmp_path):
+    """The load bench's rate mode, small: 16 trials (threads) reporting 2 epochs/s for 3 s
+    through the sweep's tracker actor; every write is read back from the server, and the
+    tracker merged the epochs (fewer log_batch requests than epochs reported)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "tracking_load", Path(__file__).resolve().parent.parent / "bench" / "tracking_load.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        figures = bench.run_rate(server["url"], tmp_path, 16, 3.0, 2.0, flush_every=1.0)
+    finally:
+        ray.shutdown()
+    assert figures["lost"] == {"runs": 0, "unfinished": 0, "metric_steps": 0, "artifacts": 0}
+    assert figures["journal_left"] == 0 and figures["outages"] == 0
+    assert figures["latency_ms"]["log_metrics"]["n"] == 16 * 6
+    assert figures["mlflow_requests"]["log_batch"] < 16 * 6 + 16  # epochs + params, merged

@@ -42,9 +42,13 @@ def on_driver_node() -> NodeAffinitySchedulingStrategy:
     return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
 
 
-def start_tracker(cfg: SweepConfig) -> Any:
+def start_tracker(cfg: SweepConfig, **options: Any) -> Any:
     """The sweep's one tracker actor (every MLflow write goes through it), on the driver's
-    node, journaling to ``out_dir/.tracking-journal/<name>`` while MLflow is away."""
+    node, journaling to ``out_dir/.tracking-journal/<name>`` while MLflow is away.
+
+    One call at a time (no ``max_concurrency``): Ray runs a plain actor's calls in each
+    caller's order, which is each run's write order; the tracker writes on its own threads.
+    ``options`` go to ``BufferedTracker`` (``workers``, ``flush_every``: the load bench)."""
     return (
         ray.remote(num_cpus=0)(BufferedTracker)
         .options(name=actor_name(cfg.name, "tracker"), scheduling_strategy=on_driver_node())
@@ -53,5 +57,6 @@ def start_tracker(cfg: SweepConfig) -> Any:
             cfg.experiment,
             cfg.artifact_root,
             journal=Path(cfg.out_dir).resolve() / ".tracking-journal" / cfg.name,
+            **options,
         )
     )

@@ -1,61 +1,55 @@
-"""A tracker that survives MLflow outages: writes it cannot make wait on disk, in order.
+"""The sweep's tracker: every MLflow write queued, merged per run, written concurrently,
+and kept on disk through outages.
 
-MLflow's HTTP client retries for a few minutes and then raises; a sweep runs for hours. So
-the sweep's tracker actor is this wrapper: a write that fails for a transport reason (the
-server is down, 5xx, timeouts) goes to an append-only journal on disk, and so does every
-later write until the journal is replayed, in order, with backoff. Runs are addressed by
-our keys, not MLflow ids, so a run created during replay gets every write meant for it.
-It warns once when MLflow goes away and once when it is back; ``close`` replays what is
-left and raises ``TrackingError`` (the sweep fails loudly) only if that is impossible.
-Reads (resume checks, artifact URIs) cannot be deferred: they retry until ``read_timeout``.
+Every MLflow write of a sweep goes through one tracker (in Ray: one actor, whose calls run
+one at a time, in the order each caller sent them). At cluster scale hundreds of trials
+report an epoch a second each, more than one serial MLflow client can write; so a write is
+queued and the call returns at once (``tuner.tracking.writer`` writes it: a run's queued
+epochs as one ``log_batch``, different runs at once, each run in its own order, and an
+on-disk journal while MLflow is away). ``start_run`` waits for its run to exist (it returns
+the id); reads (resume checks, artifact URIs) first wait until every earlier write is in,
+and retry until ``read_timeout``. Runs are addressed by our keys, not MLflow ids, so a run
+created during an outage's replay gets every write meant for it. It warns once when MLflow
+goes away and once when it is back; ``close`` writes what is left and raises
+``TrackingError`` (the sweep fails loudly) if it cannot, or if MLflow refused a write.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from mlflow.exceptions import MlflowException
+from tenacity import Retrying, retry_if_exception, retry_if_result, wait_exponential
 
 from tuner.tracking.client import TrackingService
+from tuner.tracking.errors import Behind, TrackingError, transient
+from tuner.tracking.lanes import Entry
+from tuner.tracking.writer import MAX_PENDING, Writer
 
-log = logging.getLogger("petl_sweep.tracking")
-#: Largest journal (entries) before the sweep stops rather than risk losing more.
-MAX_PENDING = 200_000
-
-
-class TrackingError(RuntimeError):
-    """Writes that could not reach MLflow; the journal that still holds them is named."""
+__all__ = ["MAX_PENDING", "BufferedTracker", "TrackingError", "transient"]
 
 
-def transient(err: BaseException) -> bool:
-    """A failure of the transport or the server (retrying later may succeed), not of the
-    request: no connection, a timeout, or an HTTP status of 429 or 5xx. MLflow's client
-    retries such calls itself for minutes and then raises an ``MlflowException`` whose
-    status code (``get_http_status_code``) says which it was; 4xx (a bad request, a missing
-    run) are bugs, raised at once."""
-    if isinstance(err, (ConnectionError, TimeoutError)):
-        return True
-    if type(err).__module__.split(".")[0] in ("requests", "urllib3"):
-        return True
-    if isinstance(err, MlflowException):
-        status = err.get_http_status_code()
-        return status == 429 or status >= 500
-    return False
+def _numeric(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """What MLflow can chart: numbers, not bools; NaN kept, inf dropped (it breaks charts)."""
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) != float("inf"):
+            out[k] = float(v)
+    return out
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 class BufferedTracker:
-    """``TrackingService``'s interface (what the sweep calls) with a write journal."""
+    """``TrackingService``'s interface (what the sweep calls), queued, merged and journaled.
 
-    WRITES = (
-        "start_run", "ensure_run", "log_params", "log_metrics", "set_tags", "end_run",
-        "log_artifact_bytes", "log_dataset", "log_dict", "fail_run", "adopt", "end_open",
-        "end_runs",
-    )  # fmt: skip
+    ``workers``: writer threads (default 8 for an HTTP server, 1 for a local SQLite store,
+    which takes one writer at a time anyway); ``flush_every``: seconds between flushes
+    (None: only ``flush``, ``status``, reads and ``close`` write, as the tests want)."""
 
     def __init__(
         self,
@@ -63,138 +57,227 @@ class BufferedTracker:
         journal: Path,
         read_timeout: float = 900.0,
         clock: Callable[[], float] = time.monotonic,
+        flush_every: float | None = 1.0,
+        workers: int | None = None,
         **kwargs: Any,
     ) -> None:
         self.inner = TrackingService(*args, **kwargs)
         self.journal = Path(journal)
-        self.journal.mkdir(parents=True, exist_ok=True)
-        self.pending: list[dict[str, Any]] = []
+        self.writer = Writer(self.inner, self.journal, flush_every, workers)
         self.read_timeout, self.clock = read_timeout, clock
-        self.next_try, self.delay, self.warned = 0.0, 1.0, False
-        self.outages = 0  # how many times MLflow went away (the driver may poll after it is back)
-        #: Why writing is impossible (a full disk), once it is: the driver stops on it
-        self.fatal = ""
+        self.known: set[str] = set()  # keys with a run (or one queued)
+        self.open: set[str] = set()  # keys started or adopted and not ended (``end_open``)
         self.experiment_id = self.inner.experiment_id
         #: calls taken, by operation: what a sweep costs MLflow (the scale tests count them)
         self.calls: dict[str, int] = {}
 
-    # -- writes ---------------------------------------------------------------------------
-    def _write(self, op: str, *args: Any, **kwargs: Any) -> Any:
+    # -- the sweep's writes: queued, the call returns at once ------------------------------
+    def start_run(
+        self,
+        key: str,
+        name: str,
+        tags: Mapping[str, Any],
+        params: Mapping[str, Any] | None = None,
+        parent: str | None = None,
+        start_time: float | None = None,
+    ) -> str | None:
+        """Queue the run's creation and wait for it: its MLflow id, or None while MLflow is
+        unreachable (the run is created on replay)."""
+        self._count("start_run")
+        entry = self._create(key, name, tags, params, parent, start_time)
+        return self.writer.wait_for(entry)
+
+    def ensure_run(
+        self,
+        key: str,
+        name: str,
+        tags: Mapping[str, Any],
+        params: Mapping[str, Any] | None = None,
+        parent: str | None = None,
+    ) -> str | None:
+        """As ``TrackingService.ensure_run`` (a resumed trial continues its run), without
+        waiting: a trial's first call."""
+        self._count("ensure_run")
+        if key not in self.known:
+            self._create(key, name, tags, params, parent, None)
+        return self.inner.runs.get(key)
+
+    def log_params(self, key: str, params: Mapping[str, Any]) -> None:
+        self._count("log_params")
+        self.writer.put("log_params", self._known(key), [key, dict(params)])
+
+    def log_metrics(self, key: str, metrics: Mapping[str, float], step: int) -> None:
+        """One step's metrics, stamped now; merged with the run's other queued writes."""
+        self._count("log_metrics")
+        values = _numeric(metrics)
+        if values:
+            self.writer.put("log_metrics", self._known(key), [key, values, int(step)], ts=_now_ms())
+
+    def set_tags(self, key: str, tags: Mapping[str, Any]) -> None:
+        self._count("set_tags")
+        self.writer.put("set_tags", self._known(key), [key, {k: str(v) for k, v in tags.items()}])
+
+    def end_run(
+        self,
+        key: str,
+        status: str = "FINISHED",
+        tags: Mapping[str, Any] | None = None,
+        end_time: float | None = None,
+    ) -> None:
+        self._count("end_run")
+        self._end(key, status, tags, end_time)
+
+    def log_artifact_bytes(
+        self, key: str, filename: str, data: bytes, artifact_path: str | None = None
+    ) -> None:
+        self._count("log_artifact_bytes")
+        self.writer.put(
+            "log_artifact_bytes", self._known(key), [key, filename, data, artifact_path]
+        )
+
+    def log_dataset(self, key: str, record: Mapping[str, Any], context: str) -> None:
+        self._count("log_dataset")
+        self.writer.put("log_dataset", self._known(key), [key, dict(record), context])
+
+    def log_dict(self, key: str, data: Mapping[str, Any], filename: str) -> None:
+        self._count("log_dict")
+        self.writer.put("log_dict", self._known(key), [key, dict(data), filename])
+
+    def fail_run(
+        self, key: str, name: str, tags: Mapping[str, Any], error: str, detail: str
+    ) -> str | None:
+        self._count("fail_run")
+        self.writer.put("fail_run", key, [key, name, dict(tags), error, detail])
+        self.known.add(key)
+        self.open.discard(key)
+        return self.inner.runs.get(key)
+
+    def adopt(self, key: str, run_id: str, status: str = "RUNNING") -> None:
+        self._count("adopt")
+        self.writer.put("adopt", key, [key, run_id, status])
+        self.known.add(key)
+        self.open.add(key)
+
+    def end_open(self, status: str, tags: Mapping[str, Any]) -> int:
+        """End every run started or adopted and not ended; returns how many."""
+        self._count("end_open")
+        ended = sorted(self.open)
+        for key in ended:
+            self._end(key, status, tags, None)
+        return len(ended)
+
+    def end_runs(self, run_ids: list[str], status: str, tags: Mapping[str, Any]) -> int:
+        self._count("end_runs")
+        for run_id in run_ids:
+            self.writer.put("end_runs", f"run-id:{run_id}", [[run_id], status, dict(tags)])
+        return len(run_ids)
+
+    def _count(self, op: str) -> None:
         self.calls[op] = self.calls.get(op, 0) + 1
-        if self.fatal:
-            raise TrackingError(self.fatal)
-        entry = {"op": op, "args": list(args), "kwargs": kwargs}
-        try:
-            if not self.pending:
-                try:
-                    return getattr(self.inner, op)(*args, **kwargs)
-                except Exception as err:
-                    if not transient(err):
-                        raise
-                    self._went_down(err)
-            self._append(entry)
-            self.flush()
-        except Exception as err:
-            self._check_full(err)
-            raise
-        return None
+        if self.writer.fatal:
+            raise TrackingError(self.writer.fatal)
 
-    def _check_full(self, err: BaseException) -> None:
-        """A full disk is no outage (waiting does not help, and the journal is likely on the
-        same disk): remember it as one line, raise it from now on, show it in ``status``."""
-        from tuner.diskspace import disk_full_message
-        from tuner.tracking.store import sqlite_path
+    def _known(self, key: str) -> str:
+        if key not in self.known:
+            raise KeyError(key)  # a bug in the caller, said at once, as MLflow's client would
+        return key
 
-        where = sqlite_path(self.inner.tracking_uri) or self.journal
-        message = disk_full_message(where, err)
-        if message:
-            self.fatal = message
-            raise TrackingError(message) from None
+    def _create(
+        self,
+        key: str,
+        name: str,
+        tags: Mapping[str, Any],
+        params: Mapping[str, Any] | None,
+        parent: str | None,
+        start_time: float | None,
+    ) -> Entry:
+        if parent is not None:
+            self._known(parent)
+        kwargs = {"parent": parent, "start_time": start_time}
+        entry = self.writer.put("start_run", key, [key, name, dict(tags)], kwargs)
+        self.known.add(key)
+        self.open.add(key)
+        if params:
+            self.writer.put("log_params", key, [key, dict(params)])
+        return entry
 
-    def _append(self, entry: dict[str, Any]) -> None:
-        if len(self.pending) >= MAX_PENDING:
-            raise TrackingError(f"MLflow unreachable and {MAX_PENDING} writes in {self.journal}")
-        for i, arg in enumerate(entry["args"]):  # bytes (artifacts) go to files beside it
-            if isinstance(arg, bytes):
-                blob = self.journal / f"blob-{len(self.pending)}-{i}-{time.time_ns()}"
-                blob.write_bytes(arg)
-                entry["args"][i] = {"__blob__": str(blob)}
-        self.pending.append(entry)
-        with open(self.journal / "journal.jsonl", "a") as f:
-            f.write(json.dumps(entry, default=str) + "\n")
+    def _end(self, key: str, status: str, tags: Mapping[str, Any] | None, end_time: Any) -> None:
+        if tags:  # goes out with the run's last metrics, in the same log_batch
+            self.set_tags(key, tags)
+        self.writer.put("end_run", self._known(key), [key, status], {"end_time": end_time})
+        self.open.discard(key)
 
-    def _went_down(self, err: BaseException) -> None:
-        if not self.warned:
-            log.warning(
-                "MLflow at %s is unreachable (%s); buffering writes in %s",
-                self.inner.tracking_uri, str(err).splitlines()[0][:200], self.journal,
-            )  # fmt: skip
-            self.warned = True
-            self.outages += 1
-        self.next_try = self.clock() + self.delay
-        self.delay = min(30.0, self.delay * 2)
-
+    # -- waiting for the writes -----------------------------------------------------------
     def flush(self, force: bool = False) -> int:
-        """Replay the journal in order while MLflow answers; returns what is still pending."""
-        if not self.pending or (not force and self.clock() < self.next_try):
-            return len(self.pending)
-        while self.pending:
-            entry = self.pending[0]
-            args = [
-                Path(a["__blob__"]).read_bytes() if isinstance(a, dict) and "__blob__" in a else a
-                for a in entry["args"]
-            ]
-            try:
-                getattr(self.inner, entry["op"])(*args, **entry["kwargs"])
-            except Exception as err:
-                if not transient(err):
-                    raise
-                self._went_down(err)
-                return len(self.pending)
-            self.pending.pop(0)
-        log.warning("MLflow at %s is back; buffered writes flushed", self.inner.tracking_uri)
-        (self.journal / "journal.jsonl").unlink(missing_ok=True)
-        self.warned, self.delay = False, 1.0
-        return 0
+        """Write everything queued and wait for it; returns what is still pending (MLflow
+        is away). ``force``: while MLflow is away, probe it now and wait for the answer."""
+        return self.writer.flush(force)
 
     def close(self, timeout: float = 600.0) -> None:
-        """Flush everything or fail loudly (nothing is dropped silently)."""
+        """Write everything or fail loudly (nothing is dropped silently)."""
         deadline = self.clock() + timeout
-        while self.flush(force=True):
-            if self.clock() >= deadline:
-                raise TrackingError(
-                    f"{len(self.pending)} tracking writes could not reach MLflow at "
-                    f"{self.inner.tracking_uri} in {timeout:.0f}s; they are kept in {self.journal}"
-                )
-            time.sleep(min(5.0, self.delay))
+        pending = Retrying(
+            retry=retry_if_result(bool),
+            stop=lambda _: self.clock() >= deadline,
+            wait=wait_exponential(multiplier=1, max=5),
+            retry_error_callback=lambda state: state.outcome.result(),
+        )(self.writer.flush, True)
+        if self.writer.fatal:
+            raise TrackingError(self.writer.fatal)
+        if pending:
+            raise TrackingError(
+                f"{pending} tracking writes could not reach MLflow at "
+                f"{self.inner.tracking_uri} in {timeout:.0f}s; they are kept in {self.journal}"
+            )
+        if self.writer.refused:
+            refused = self.writer.refused
+            raise TrackingError(
+                f"MLflow at {self.inner.tracking_uri} refused {len(refused)} tracking "
+                f"writes (logged as they happened); the first: {refused[0]}"
+            )
 
     def call_counts(self) -> dict[str, int]:
         return dict(self.calls)
 
+    def mlflow_calls(self) -> dict[str, int]:
+        """MLflow requests made, by kind: what the merging saved (the bench reports it)."""
+        with self.writer.lock:
+            return dict(self.writer.sent)
+
+    def backlog(self) -> dict[str, int]:
+        """Writes queued and lanes being written now, without waiting (the load bench)."""
+        with self.writer.lock:
+            return {"queued": len(self.writer.lanes), "writing": len(self.writer.scheduled)}
+
     def status(self) -> dict[str, Any]:
-        return {
-            "pending": len(self.pending),
-            "down": self.warned,
-            "outages": self.outages,
-            "fatal": self.fatal,
-        }
+        """After the queued writes are in (or MLflow is found away)."""
+        w = self.writer
+        pending = w.flush()
+        return {"pending": pending, "down": w.warned, "outages": w.outages, "fatal": w.fatal}
 
     # -- reads: retried, since the sweep cannot go on without them --------------------------
-    def _read(self, op: str, *args: Any, **kwargs: Any) -> Any:
+    def _read(self, op: str, *args: Any) -> Any:
         self.calls[op] = self.calls.get(op, 0) + 1
         deadline = self.clock() + self.read_timeout
-        while True:
-            self.flush(force=True)  # reads must see every earlier write
+
+        def attempt() -> Any:
+            if self.writer.flush(force=True):  # reads must see every earlier write
+                raise Behind(f"MLflow at {self.inner.tracking_uri} unreachable for {op}")
             try:
-                if not self.pending:
-                    return getattr(self.inner, op)(*args, **kwargs)
+                result = getattr(self.inner, op)(*args)
             except Exception as err:
-                if not transient(err) or self.clock() >= deadline:
-                    raise
-                self._went_down(err)
-            if self.clock() >= deadline:
-                raise TrackingError(f"MLflow at {self.inner.tracking_uri} unreachable for {op}")
-            time.sleep(min(5.0, self.delay))
+                if transient(err):
+                    self.writer.read_failed(err)
+                raise
+            self.writer.read_ok()
+            return result
+
+        return Retrying(
+            retry=retry_if_exception(lambda e: isinstance(e, Behind) or transient(e)),
+            stop=lambda _: self.clock() >= deadline,
+            wait=wait_exponential(multiplier=1, max=5),
+            reraise=True,
+        )(attempt)
 
     def find(self, tags: Mapping[str, str], status: str | None = "FINISHED") -> list[dict]:
         return self._read("find", tags, status)
@@ -212,14 +295,5 @@ class BufferedTracker:
         return self._read("run_id", key)
 
 
-def _writer(op: str) -> Callable[..., Any]:
-    def method(self: BufferedTracker, *args: Any, **kwargs: Any) -> Any:
-        return self._write(op, *args, **kwargs)
-
-    method.__name__ = op
-    method.__doc__ = f"``TrackingService.{op}``, journaled while MLflow is unreachable."
-    return method
-
-
-for _op in BufferedTracker.WRITES:
-    setattr(BufferedTracker, _op, _writer(_op))
+def _now_ms() -> int:
+    return int(time.time() * 1000)

@@ -16,7 +16,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,9 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from tuner.tracking.names import PARENT_RUN_TAG, RUN_KEY
 
-_MAX_PARAMS_PER_BATCH = 100
+# MLflow's log_batch limits (mlflow.utils.validation)
+_MAX_PARAMS_PER_BATCH = _MAX_TAGS_PER_BATCH = 100
+_MAX_ENTITIES_PER_BATCH = 1000
 assert PARENT_RUN_TAG == MLFLOW_PARENT_RUN_ID, "MLflow renamed its nesting tag"
 # Artifact downloads (leaderboard rebuilds) should not draw progress bars into sweep logs.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -38,7 +40,6 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 #: on the runs table, where the studies and trials are.
 EXPERIMENT_KIND = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"
-
 
 
 def fetch_artifact(uri: str, dest: Path) -> Path | None:
@@ -160,6 +161,29 @@ class TrackingService:
         batch = [m for m in batch if not math.isinf(m.value)]
         if batch:
             self.client.log_batch(self.runs[key], metrics=batch)
+
+    def write_batch(
+        self,
+        key: str,
+        metrics: Sequence[tuple[str, float, int, int]],
+        params: Mapping[str, Any],
+        tags: Mapping[str, Any],
+    ) -> int:
+        """A run's queued writes (metrics as ``(name, value, epoch ms, step)``, flat params,
+        tags) in as few ``log_batch`` calls as MLflow takes: 1000 entities a call, of them at
+        most 100 params and 100 tags. Returns the calls made."""
+        left_m = [Metric(k, v, ts, step) for k, v, ts, step in metrics]
+        left_p = [Param(k, str(v)) for k, v in params.items()]
+        left_t = [RunTag(k, str(v)) for k, v in tags.items()]
+        calls = 0
+        while left_m or left_p or left_t:
+            p, left_p = left_p[:_MAX_PARAMS_PER_BATCH], left_p[_MAX_PARAMS_PER_BATCH:]
+            t, left_t = left_t[:_MAX_TAGS_PER_BATCH], left_t[_MAX_TAGS_PER_BATCH:]
+            room = _MAX_ENTITIES_PER_BATCH - len(p) - len(t)
+            m, left_m = left_m[:room], left_m[room:]
+            self.client.log_batch(self.runs[key], metrics=m, params=p, tags=t)
+            calls += 1
+        return calls
 
     def set_tags(self, key: str, tags: Mapping[str, Any]) -> None:
         self.client.log_batch(self.runs[key], tags=[RunTag(k, str(v)) for k, v in tags.items()])
