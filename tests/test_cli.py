@@ -67,3 +67,12 @@ def test_ui_urls_point_at_the_runs_table_in_the_model_training_view():
         runs_url("http://127.0.0.1:5000/", "7")
         == "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning"
     )
+
+
+def test_an_error_naming_a_long_path_stays_on_one_line(tmp_path: Path):
+    """Rich wraps at the terminal's width (80 here): an error must not break its path."""
+    deep = tmp_path / ("d" * 60) / ("e" * 60) / "sweep.yaml"
+    result = runner.invoke(app, ["run", str(deep)])
+    assert result.exit_code == 2
+    line = result.output.strip()
+    assert "\n" not in line and str(deep) in line, result.output

@@ -13,8 +13,9 @@ console = Console()
 
 
 def fail(message: str, code: int = 2) -> None:
-    """One clear message, no traceback: exit 2 for usage/config, 1 for data and weights."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    """One clear message, no traceback: exit 2 for usage/config, 1 for data and weights.
+    Never wrapped at the terminal's width: a path or command in it must stay copyable."""
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
