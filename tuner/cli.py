@@ -38,8 +38,10 @@ def run(
     ] = False,
     replay: Annotated[
         str | None,
-        typer.Option(help="TABLE: recorded results stand in for training (a CSV/parquet path "
-                     "or petl_vision_vtab1k); the studies are the table's or the file's"),
+        typer.Option(
+            help="TABLE: recorded results stand in for training (a CSV/parquet path "
+            "or petl_vision_vtab1k); the studies are the table's or the file's"
+        ),
     ] = None,
     replay_experiment: Annotated[
         str | None, typer.Option(help="replay a finished sweep's MLflow experiment instead")

@@ -54,7 +54,6 @@ class EventQueue:
         self.ready.clear()
         return taken
 
-
     # -- the stop request (``tuner.sweep.shutdown``) ---------------------------------------
     async def request_stop(self) -> None:
         self.stop_requested = True

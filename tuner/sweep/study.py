@@ -198,9 +198,7 @@ def study_params(cfg: SweepConfig, study: StudySpec) -> dict[str, Any]:
     }
 
 
-def close_study(
-    cfg: SweepConfig, study: StudySpec, tracker: Any, closing: Closing
-) -> StudySummary:
+def close_study(cfg: SweepConfig, study: StudySpec, tracker: Any, closing: Closing) -> StudySummary:
     """The study's summary (best trial by final-epoch val accuracy), logged and ended in
     MLflow."""
     best = select_best(closing.trials, cfg.tune.max_epochs)
