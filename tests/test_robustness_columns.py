@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from tuner.leaderboard.collect import collect
+from tuner.leaderboard.notes import notes
 from tuner.leaderboard.render import to_markdown
-from tuner.leaderboard.summarise import notes, summarise, wide_table
+from tuner.leaderboard.summarise import summarise, wide_table
 from tuner.tracking.artifacts import predictions_bytes
 from tuner.tracking.client import TrackingService
 

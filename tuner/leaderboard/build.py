@@ -21,13 +21,13 @@ from tuner.leaderboard.collect import (
     load_reference,
     row_key,
 )
+from tuner.leaderboard.notes import notes
 from tuner.leaderboard.render import heatmap_png, html_page, pareto_png, to_markdown
 from tuner.leaderboard.sections import Section, analysis_sections
 from tuner.leaderboard.summarise import (
     compare,
     fold_free,
     method_means,
-    notes,
     ordered,
     summarise,
     wide_table,
