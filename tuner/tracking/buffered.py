@@ -23,25 +23,12 @@ from typing import Any
 
 from tenacity import Retrying, retry_if_exception, retry_if_result, wait_exponential
 
-from tuner.tracking.client import TrackingService
+from tuner.tracking.client import TrackingService, now_ms, numeric_metrics
 from tuner.tracking.errors import Behind, TrackingError, transient
 from tuner.tracking.lanes import Entry
 from tuner.tracking.writer import MAX_PENDING, Writer
 
 __all__ = ["MAX_PENDING", "BufferedTracker", "TrackingError", "transient"]
-
-
-def _numeric(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """What MLflow can chart: numbers, not bools; NaN kept, inf dropped (it breaks charts)."""
-    out = {}
-    for k, v in metrics.items():
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) != float("inf"):
-            out[k] = float(v)
-    return out
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class BufferedTracker:
@@ -109,9 +96,9 @@ class BufferedTracker:
     def log_metrics(self, key: str, metrics: Mapping[str, float], step: int) -> None:
         """One step's metrics, stamped now; merged with the run's other queued writes."""
         self._count("log_metrics")
-        values = _numeric(metrics)
+        values = numeric_metrics(metrics)
         if values:
-            self.writer.put("log_metrics", self._known(key), [key, values, int(step)], ts=_now_ms())
+            self.writer.put("log_metrics", self._known(key), [key, values, int(step)], ts=now_ms())
 
     def set_tags(self, key: str, tags: Mapping[str, Any]) -> None:
         self._count("set_tags")
@@ -293,7 +280,3 @@ class BufferedTracker:
 
     def run_id(self, key: str) -> str:
         return self._read("run_id", key)
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)

@@ -71,8 +71,19 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _now_ms() -> int:
+def now_ms() -> int:
+    """MLflow's timestamps: integer milliseconds since the epoch."""
     return int(time.time() * 1000)
+
+
+def numeric_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """What MLflow can chart: numbers, not bools; NaN kept, inf dropped (it breaks the UI's
+    charts). The one filter of both the direct and the buffered tracker."""
+    return {
+        k: float(v)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isinf(v)
+    }
 
 
 class TrackingService:
@@ -151,14 +162,8 @@ class TrackingService:
 
     def log_metrics(self, key: str, metrics: Mapping[str, float], step: int) -> None:
         """All numeric metrics of one step in a single ``log_batch`` call."""
-        ts = _now_ms()
-        batch = [
-            Metric(k, float(v), ts, step)
-            for k, v in metrics.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)
-        ]
-        # MLflow stores NaN, but keep inf out: it breaks the UI's charts.
-        batch = [m for m in batch if not math.isinf(m.value)]
+        ts = now_ms()
+        batch = [Metric(k, v, ts, step) for k, v in numeric_metrics(metrics).items()]
         if batch:
             self.client.log_batch(self.runs[key], metrics=batch)
 
