@@ -338,10 +338,8 @@ def test_basic_auth_server_as_shipped(tmp_path, monkeypatch):
         _admin(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
 
 
-def test_32_concurrent_trials_lose_no_write(server, tmp_path):
-    """32 trials (1/16 CPU each) log at once through the sweep's tracker actor to the
-    PostgreSQL-backed server: every run FINISHED, every metric step and artifact there, and
-    the per-call latency is measured (bench/tracking_load.py prints the same at full size)."""
+def _load_bench():
+    """``bench/tracking_load.py`` as a module (bench/ is scripts, not a package)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
@@ -349,6 +347,14 @@ def test_32_concurrent_trials_lose_no_write(server, tmp_path):
     )
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_32_concurrent_trials_lose_no_write(server, tmp_path):
+    """32 trials (1/16 CPU each) log at once through the sweep's tracker actor to the
+    PostgreSQL-backed server: every run FINISHED, every metric step and artifact there, and
+    the per-call latency is measured (bench/tracking_load.py prints the same at full size)."""
+    bench = _load_bench()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         figures = bench.run_load(server["url"], tmp_path, trials=32, epochs=4)
@@ -368,13 +374,7 @@ def test_trials_at_a_steady_rate_lose_no_write(server, tmp_path):
     """The load bench's rate mode, small: 16 trials (threads) reporting 2 epochs/s for 3 s
     through the sweep's tracker actor; every write is read back from the server, and the
     tracker merged the epochs (fewer log_batch requests than epochs reported)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "tracking_load", Path(__file__).resolve().parent.parent / "bench" / "tracking_load.py"
-    )
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _load_bench()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         figures = bench.run_rate(server["url"], tmp_path, 16, 3.0, 2.0, flush_every=1.0)
