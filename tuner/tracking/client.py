@@ -26,6 +26,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from tuner.tracking.names import PARENT_RUN_TAG, RUN_KEY
+from tuner.tracking.store import ensure_store
 
 # MLflow's log_batch limits (mlflow.utils.validation)
 _MAX_PARAMS_PER_BATCH = _MAX_TAGS_PER_BATCH = 100
@@ -96,6 +97,8 @@ class TrackingService:
         artifact_root: str | None = None,
         create: bool = True,
     ):
+        if create:
+            ensure_store(tracking_uri)  # a new SQLite store: the migrated template, once
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.tracking_uri, self.experiment = tracking_uri, experiment
         found = self.client.get_experiment_by_name(experiment)
