@@ -44,3 +44,53 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+#: The one small real sweep that the end-to-end and delivery tests both read (2 tasks ×
+#: linear + lora, 6 TPE trials each over 3 epochs with ASHA, 2 final seeds, a shift set).
+MINI_TASKS = ["synth/dsprites_loc", "synth/textures"]
+MINI_METHODS = ["linear", "lora"]
+MINI_SAMPLES, MINI_SEEDS = 6, 2
+
+
+@pytest.fixture(scope="session")
+def mini_sweep(tmp_path_factory):
+    """(cfg, pipeline result, runs right after it, console text) of one real sweep.
+
+    Session-scoped: ``test_e2e_sweep`` checks what it logged and ``test_deliver_e2e`` what
+    it delivers (exports, registered champions, serving); a sweep each cost the suite a
+    minute and a half apiece for the same facts. Tests that change the store add to it
+    (models, aliases, an empty experiment) and never remove or rewrite its runs."""
+    import ray
+    from rich.console import Console
+
+    from tuner.config import parse_config
+    from tuner.sweep.pipeline import run_pipeline
+    from tuner.tracking.client import TrackingService
+
+    root = tmp_path_factory.mktemp("sweep")
+    cfg = parse_config(
+        {
+            "name": "mini",
+            "tasks": MINI_TASKS,
+            "methods": MINI_METHODS,
+            "seed": 0,
+            "data_root": str(root / "data"),
+            "out_dir": str(root / "results"),
+            "tune": {
+                "num_samples": MINI_SAMPLES,
+                "max_epochs": 3,
+                "grace_period": 1,
+                "reduction_factor": 2,
+                "max_concurrent_trials": 2,
+            },
+            "final": {"seeds": MINI_SEEDS},
+            "ray": {"num_cpus": 2},
+            "shifts": {MINI_TASKS[1]: {"noise": "synth"}},  # the synth suite's own shift set
+        }
+    )
+    with open(root / "console.txt", "w") as log:
+        result = run_pipeline(cfg, Console(file=log, width=250), live=False)
+    ray.shutdown()
+    runs = TrackingService(cfg.tracking_uri, cfg.experiment).search()
+    return cfg, result, runs, (root / "console.txt").read_text()

@@ -1,8 +1,9 @@
 """Delivery on one small real sweep: exports that plain timm loads, registered champions that
 MLflow loads and serves, the alias rule, and the CLI's answers to bad input.
 
-The sweep (2 synth tasks × linear + lora, 2 trials, 2 epochs, 2 final seeds) runs once for
-the module through ``run_pipeline``, which registers the champions at its end. Every check
+The sweep is the session's ``mini_sweep`` (``tests/conftest.py``: 2 synth tasks × linear +
+lora, 2 final seeds, shared with ``test_e2e_sweep``), run through ``run_pipeline``, which
+registers the champions at its end. Every check
 compares against what the final runs stored in MLflow (``test_predictions.parquet``), never
 against numbers written here. Fresh processes are real subprocesses: one imports only timm
 and torch, one only MLflow's pyfunc loader; the REST check starts ``mlflow models serve``.
@@ -24,14 +25,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import ray
 import torch
-from rich.console import Console
 from typer.testing import CliRunner
 
-from tests.conftest import free_port
+from tests.conftest import MINI_TASKS, free_port
 from tuner.cli import app
-from tuner.config import parse_config
 from tuner.deliver.champion import select
 from tuner.deliver.export import project_version
 from tuner.deliver.register import (
@@ -41,40 +39,20 @@ from tuner.deliver.register import (
     register_candidate,
     sweep_candidates,
 )
-from tuner.sweep.pipeline import run_pipeline
 from tuner.tracking import registry
 from tuner.tracking.artifacts import read_predictions
 from tuner.tracking.names import PARENT_RUN_TAG
 
-TASKS = ["synth/objects", "synth/count"]
+TASKS = MINI_TASKS
 SERVED, ALIASED = TASKS  # the alias test moves the alias of its own task only
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    root = tmp_path_factory.mktemp("deliver")
-    cfg = parse_config(
-        {
-            "name": "deliver",
-            "tasks": TASKS,
-            "methods": ["linear", "lora"],
-            "data_root": str(root / "data"),
-            "out_dir": str(root / "results"),
-            "tune": {
-                "num_samples": 2,
-                "max_epochs": 2,
-                "grace_period": 1,
-                "max_concurrent_trials": 1,
-            },
-            "final": {"seeds": 2},
-            "ray": {"num_cpus": 2},
-        }
-    )
-    with open(root / "console.txt", "w") as log:
-        run_pipeline(cfg, Console(file=log, width=250), live=False)
-    ray.shutdown()
-    return cfg, (root / "console.txt").read_text()
+def sweep(mini_sweep):
+    """The session's mini sweep: its cfg and what its run printed."""
+    cfg, _, _, console = mini_sweep
+    return cfg, console
 
 
 def _cli(cfg, *args):

@@ -1,7 +1,8 @@
 """End to end on a local Ray: a mini sweep lands in MLflow and yields a leaderboard.
 
-One sweep (2 tasks × 2 methods, 6 trials each) is run once for the module; the tests read
-what it left behind: MLflow runs, ASHA decisions, Optuna's records, the leaderboard files.
+One sweep (2 tasks × 2 methods, 6 trials each) is run once for the session (``mini_sweep``
+in ``tests/conftest.py``, shared with the delivery tests); the tests read what it left
+behind: MLflow runs, ASHA decisions, Optuna's records, the leaderboard files.
 """
 
 from __future__ import annotations
@@ -19,44 +20,19 @@ import pytest
 import ray
 from rich.console import Console
 
-from tuner.config import parse_config
+from tests.conftest import MINI_METHODS as METHODS
+from tests.conftest import MINI_SAMPLES as SAMPLES
+from tests.conftest import MINI_SEEDS as SEEDS
+from tests.conftest import MINI_TASKS as TASKS
 from tuner.sweep.pipeline import run_pipeline
 from tuner.tracking.client import TrackingService
 from tuner.tracking.names import PARENT_RUN_TAG
 
-TASKS = ["synth/dsprites_loc", "synth/textures"]
-METHODS = ["linear", "lora"]
-SAMPLES = 6
-SEEDS = 2
-
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sweep")
-    cfg = parse_config(
-        {
-            "name": "mini",
-            "tasks": TASKS,
-            "methods": METHODS,
-            "seed": 0,
-            "data_root": str(root / "data"),
-            "out_dir": str(root / "results"),
-            "tune": {
-                "num_samples": SAMPLES,
-                "max_epochs": 3,
-                "grace_period": 1,
-                "reduction_factor": 2,
-                "max_concurrent_trials": 2,
-            },
-            "final": {"seeds": SEEDS},
-            "ray": {"num_cpus": 2},
-            "shifts": {TASKS[1]: {"noise": "synth"}},  # the synth suite's own shift set
-        }
-    )
-    with open(root / "console.txt", "w") as log:
-        result = run_pipeline(cfg, Console(file=log, width=200), live=False)
-    ray.shutdown()
-    runs = TrackingService(cfg.tracking_uri, cfg.experiment).search()
+def sweep(mini_sweep):
+    """The session's mini sweep (``tests/conftest.py``): cfg, result, runs after it."""
+    cfg, result, runs, _ = mini_sweep
     return cfg, result, runs
 
 
