@@ -5,6 +5,9 @@ tmpfs, filled to the last byte once the first trial has finished. The sweep must
 one line that says the disk is full, naming the path and the free space, not a traceback;
 the store must stay intact; after space is freed, ``--resume`` must finish the sweep, even
 for a study that Ray Tune had opened but whose MLflow run never reached the store.
+
+The sweep replays a small recorded table (one second an epoch): what fills is the engine's
+own writing (MLflow, Ray Tune's state, the journal), and training would only add minutes.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import uuid
 
 import pytest
 import yaml
-from _sweep_helpers import BIN, start_sweep, wait_for_finished_trials
+from _sweep_helpers import BIN, recorded_table, start_sweep, wait_for_finished_trials
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +48,15 @@ def filled_then_resumed(small_disk, tmp_path_factory):
     out = small_disk / "results"
     sweep = {
         "name": "diskfull",
-        "tasks": ["synth/count"],
+        "tasks": ["demo/count"],
         "methods": ["linear", "bitfit"],
-        "data_root": str(root / "data"),
         "out_dir": str(out),
+        "replay": {
+            "table": recorded_table(
+                root / "recorded.csv", [("demo/count", "linear"), ("demo/count", "bitfit")]
+            ),
+            "epoch_s": 1.0,
+        },
         "tune": {"num_samples": 3, "max_epochs": 3, "grace_period": 3, "max_concurrent_trials": 1},
         "final": {"seeds": 1},
         "ray": {"num_cpus": 2},

@@ -21,14 +21,19 @@ import signal
 import subprocess
 import time
 
-import pandas as pd
 import pytest
 import yaml
-from _sweep_helpers import BIN, processes_with, run_statuses, start_sweep, wait_for_finished_trials
+from _sweep_helpers import (
+    BIN,
+    processes_with,
+    recorded_table,
+    run_statuses,
+    start_sweep,
+    wait_for_finished_trials,
+)
 from mlflow.tracking import MlflowClient
 
 STUDY = ("demo/count", "lora")
-LRS = (0.0003, 0.001, 0.003, 0.01, 0.03, 0.1)
 SWEEP = {
     "tasks": [STUDY[0]],
     "methods": [STUDY[1]],
@@ -40,14 +45,7 @@ SWEEP = {
 
 def _table(root) -> str:
     """Three-epoch curves, a different best epoch value and test accuracy per lr."""
-    path = root / "recorded.csv"
-    if not path.exists():
-        rows = [{"task": STUDY[0], "method": STUDY[1], "config": f'{{"lr": {lr}}}',
-                 "epoch": epoch, "val_acc": round(0.3 + 0.1 * i * epoch / 3, 4),
-                 "test_acc": round(0.25 + 0.09 * i, 4)}
-                for i, lr in enumerate(LRS) for epoch in (1, 2, 3)]  # fmt: skip
-        pd.DataFrame(rows).to_csv(path, index=False)
-    return str(path)
+    return recorded_table(root / "recorded.csv", [STUDY])
 
 
 def _sweep(root, name: str) -> tuple[list[str], os.PathLike]:
