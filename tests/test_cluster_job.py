@@ -4,6 +4,11 @@
 as Ray 2.60 ships it), the sweep is submitted through the dashboard's job API, and the test
 checks what a user would: the job succeeded, trials ran on both nodes, and every study,
 trial, final run and the leaderboard reached MLflow.
+
+The first sweep trains (tiny ViT, synthetic task) on both nodes. The node-loss and stop
+sweeps replay a small recorded table (``replay:``, two seconds an epoch): their trials are
+real Ray Tune trials on both nodes, reporting, checkpointing and restarting as a training
+trial does, and what they check is the engine's, not training's.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from _sweep_helpers import recorded_table
 from conftest import free_port
 
 from tuner.config import ConfigError
@@ -124,7 +130,9 @@ def authed(cluster, monkeypatch):
     return cluster
 
 
-def _sweep_file(root: Path) -> Path:
+def _sweep_file(root: Path, replay_epoch_s: float | None = None) -> Path:
+    """The cluster's sweep file: training, or with ``replay_epoch_s`` replaying a recorded
+    table of the same studies at that many seconds an epoch."""
     sweep = {
         "name": "cluster-job",
         "tasks": [TASK],
@@ -141,6 +149,9 @@ def _sweep_file(root: Path) -> Path:
         "resources": {"cpus_per_trial": 1, "max_concurrent_studies": 2},
         "ray": {"address": "auto"},
     }
+    if replay_epoch_s is not None:
+        table = recorded_table(root / "recorded.csv", [(TASK, m) for m in METHODS], epochs=4)
+        sweep["replay"] = {"table": table, "epoch_s": replay_epoch_s}
     path = root / "sweep.yaml"
     path.write_text(yaml.safe_dump(sweep))
     return path
@@ -272,7 +283,7 @@ def test_losing_a_worker_mid_sweep_loses_nothing(cluster, tmp_path):
     import time
 
     marker = cluster["add_worker"]()
-    sweep = yaml.safe_load(_sweep_file(tmp_path).read_text())
+    sweep = yaml.safe_load(_sweep_file(tmp_path, replay_epoch_s=2.0).read_text())
     sweep["name"] = "node-loss"
     sweep["tune"].update(num_samples=3, max_epochs=4, grace_period=4)  # no early stops
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep))
@@ -311,7 +322,7 @@ def test_job_stop_takes_the_sweeps_clean_stop(cluster, tmp_path):
     does: the job log names ``--resume``, the driver exits 143, no MLflow run is RUNNING."""
     import time
 
-    sweep = yaml.safe_load(_sweep_file(tmp_path).read_text())
+    sweep = yaml.safe_load(_sweep_file(tmp_path, replay_epoch_s=2.0).read_text())
     sweep["name"] = "job-stop"
     sweep["tune"].update(num_samples=3, max_epochs=4, grace_period=4)
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep))
