@@ -57,6 +57,9 @@ class _Hooks:
     def reopen(self, key: str) -> None:
         self.reopened.append(key)
 
+    def recorded(self) -> dict:
+        return {}
+
     def emit(self, event) -> None:
         self.events.append(event)
 

@@ -116,7 +116,9 @@ class SweepRun:
         self.owed: dict[str, StudySpec] = {s.key: s for s in plan.queue}
         self.tuning: Any = None
         if plan.queue:
-            self.tuning = self.tune_task.remote(cfg, plan.queue, resume, plan.adopted_trials)
+            self.tuning = self.tune_task.remote(
+                cfg, plan.queue, resume, plan.adopted_trials, plan.recorded
+            )
         self.next_events = self.events.next_events.remote(TICK_S)
         self.finals: dict[Any, tuple[str, str]] = {}
         for summary in plan.reuse.values():

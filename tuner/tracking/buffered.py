@@ -280,3 +280,6 @@ class BufferedTracker:
 
     def run_id(self, key: str) -> str:
         return self._read("run_id", key)
+
+    def metric_history(self, run_id: str, name: str) -> list[tuple[int, float]]:
+        return self._read("metric_history", run_id, name)
