@@ -36,11 +36,14 @@ GRID = [{"lr": 0.1}, {"lr": 0.01}, {"lr": 0.001}]
 
 
 class _Hooks:
-    def __init__(self, grid: bool = False, recorded: dict | None = None) -> None:
-        self.grid, self._recorded = grid, recorded or {}
+    def __init__(self, grid: bool = False, recorded: dict | None = None, owed=("a",)) -> None:
+        self.grid, self._recorded, self._owed = grid, recorded or {}, set(owed)
         self.closed: list[Closing] = []
+        self.opened: list[str] = []
+        self.reopened: list[str] = []
 
     def open(self, key: str) -> Opened:
+        self.opened.append(key)
         if self.grid:
             return Opened(grid=[dict(p) for p in GRID])
         searcher = tpe_searcher(seed=3, max_epochs=2)
@@ -52,10 +55,13 @@ class _Hooks:
         return StudySummary(closing.key, "t", "m", closing.trials, None, closing.wall_s, "h")
 
     def reopen(self, key: str) -> None:
-        pass
+        self.reopened.append(key)
 
     def recorded(self) -> dict[str, RecordedTrial]:
         return self._recorded
+
+    def owed(self) -> set[str]:
+        return self._owed
 
     def emit(self, event) -> None:
         pass
@@ -160,6 +166,22 @@ def test_a_replay_restored_again_is_not_handed_out_twice():
     _run(again, "n1", (0.5, 0.7), flagged=True)  # Ray Tune resumes the replay itself
     assert RECORDED not in again.suggest("n2")
     assert [t.trial_id for t in again.studies["a"].records.values()] == ["t1", "t2"]
+
+
+def test_a_study_that_finished_after_the_save_is_left_to_the_driver():
+    """The driver reuses a study whose run finished after the save: the restored searcher
+    must neither reopen it (a second run) nor suggest for it, nor open one it never had."""
+    first = MultiStudySearcher({"a": 2, "b": 2}, _Hooks(), per_study=1, max_open=1, max_epochs=2)
+    first.suggest("t1")
+    saved = pickle.dumps(first.get_state())
+    hooks = _Hooks(recorded={"t1": _record("t1", {"lr": 0.1}, (0.4, 0.6), 1)}, owed=("b",))
+    searcher = MultiStudySearcher({}, hooks, 1, 1, max_epochs=2)
+    searcher.set_state(pickle.loads(saved))
+    assert hooks.reopened == []
+    config = searcher.suggest("n1")
+    assert split_config(config)[0] == "b" and hooks.opened == ["b"]
+    _run(searcher, "t1", (0.4, 0.6), flagged=True)  # a's resumed trial replays, and that is all
+    assert hooks.closed == [] and searcher.studies["a"].records["t1"].val_acc == 0.6
 
 
 def test_asha_learns_a_replays_values_but_never_stops_it():

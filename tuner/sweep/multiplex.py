@@ -105,6 +105,10 @@ class StudyHooks(Protocol):
         """After a restore: the finished trials to replay (``tuner.sweep.recorded``)."""
         ...
 
+    def owed(self) -> set[str]:
+        """After a restore: the studies this run tunes (the driver reuses the others)."""
+        ...
+
     def emit(self, event: StudyEvent) -> None: ...
 
 
@@ -258,7 +262,7 @@ class MultiStudySearcher(Searcher):
         while len(self.active) < self.max_open and self.cursor < len(self.order):
             state = self.studies[self.order[self.cursor]]
             self.cursor += 1
-            if state.opened is not None or state.failed or not self._open(state):
+            if state.opened is not None or state.closed or not self._open(state):
                 continue
             if state.active:
                 self.active.append(state.key)
@@ -347,8 +351,14 @@ class MultiStudySearcher(Searcher):
         self.order, self.cursor, self.active = list(self.studies), state["cursor"], state["active"]
         self.replays = state.get("replays") or Replays()
         self.replays.refill(self.hooks.recorded(), set(self.owner))
+        owed = self.hooks.owed()
         for study in self.studies.values():
-            if study.event is not None:
+            if study.key not in owed and not study.closed:
+                # finished after the save (the driver reuses its run): nothing more to run;
+                # its resumed trials replay their records (``tuner.sweep.recorded``)
+                study.closed, study.total = True, study.suggested
+                self.active = [k for k in self.active if k != study.key]
+            elif study.event is not None:
                 self.hooks.emit(study.event)
             elif study.opened is not None and not study.closed:
                 self.hooks.reopen(study.key)

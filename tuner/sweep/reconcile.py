@@ -90,10 +90,10 @@ def recorded_trial(
 
 
 def _recorded(
-    cfg: SweepConfig, runs: list[dict[str, Any]], queued: dict[str, StudySpec], tracker: Any
+    cfg: SweepConfig, runs: list[dict[str, Any]], planned: dict[str, StudySpec], tracker: Any
 ) -> dict[str, RecordedTrial]:
-    """The ended trial runs of queued studies that Ray Tune's saved state does not hold as
-    TERMINATED (the restore would run them again): one metric history each."""
+    """The ended trial runs of the sweep's studies that Ray Tune's saved state does not hold
+    as TERMINATED (the restore would run them again): one metric history each."""
     saved = saved_trial_statuses(f"{cfg.storage_path.rstrip('/')}/{cfg.name}")
     if saved is None:  # nothing to restore: the studies start again
         return {}
@@ -102,13 +102,13 @@ def _recorded(
         for r in runs
         if _ended(r)
         and r["tags"].get("trial_id")
-        and r["tags"].get("study") in queued
+        and r["tags"].get("study") in planned
         and saved.get(r["tags"]["trial_id"]) != "TERMINATED"
     ]
     histories = ray.get([tracker.metric_history.remote(r["run_id"], METRIC) for r in replay])
     out = {}
     for run, history in zip(replay, histories, strict=True):
-        trial = recorded_trial(run, queued[run["tags"]["study"]], history)
+        trial = recorded_trial(run, planned[run["tags"]["study"]], history)
         if trial is not None:
             out[trial.trial_id] = trial
     return out
@@ -160,5 +160,6 @@ def reconcile(
     if resume and queued:
         done = f"tags.sweep = '{name}' and tags.stage = 'tune' and attributes.status = 'FINISHED'"
         ended = ray.get(tracker.search.remote(f"{done} and tags.trial_id LIKE '%'"))
-        out.recorded = _recorded(cfg, ended + left, queued, tracker)
+        # a study reused now may have finished after the save: its resumed trials replay too
+        out.recorded = _recorded(cfg, ended + left, {s.key: s for s in studies}, tracker)
     return out

@@ -85,16 +85,22 @@ class RecordedTrial:
 
 
 # -- handed from the tuning task to what Ray Tune unpickles ---------------------------------
-_PUBLISHED: dict[str, dict[str, RecordedTrial]] = {}
+_PUBLISHED: dict[str, tuple[dict[str, RecordedTrial], set[str]]] = {}
 
 
-def publish(sweep: str, recorded: dict[str, RecordedTrial]) -> None:
-    """The recorded trials to replay in this process's run of ``sweep`` (trial id → trial)."""
-    _PUBLISHED[sweep] = dict(recorded)
+def publish(sweep: str, recorded: dict[str, RecordedTrial], owed: set[str]) -> None:
+    """For this process's run of ``sweep``: the recorded trials to replay (trial id →
+    trial), and the studies it tunes (``owed``; the driver reuses the others, finished)."""
+    _PUBLISHED[sweep] = (dict(recorded), set(owed))
 
 
 def published(sweep: str) -> dict[str, RecordedTrial]:
-    return _PUBLISHED.get(sweep, {})
+    return _PUBLISHED.get(sweep, ({}, set()))[0]
+
+
+def owed(sweep: str) -> set[str] | None:
+    """The studies this run tunes; None where nothing was published."""
+    return _PUBLISHED[sweep][1] if sweep in _PUBLISHED else None
 
 
 def is_replay(trial: Any, recorded: dict[str, RecordedTrial]) -> bool:

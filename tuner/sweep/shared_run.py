@@ -27,7 +27,7 @@ from tuner.sweep.checkpoints import CheckpointPolicy
 from tuner.sweep.events import EventSink, actor_name
 from tuner.sweep.multiplex import Closing, MultiStudyScheduler, MultiStudySearcher, Opened
 from tuner.sweep.plan import StudySpec
-from tuner.sweep.recorded import RecordedTrial, publish, published
+from tuner.sweep.recorded import RecordedTrial, owed, publish, published
 from tuner.sweep.specs import trial_spec
 from tuner.sweep.study import close_study, open_study, study_run_tags, study_total
 from tuner.sweep.trainable import sweep_trainable
@@ -62,6 +62,9 @@ class StudyLife:
 
     def recorded(self) -> dict[str, RecordedTrial]:
         return published(self.cfg.name)
+
+    def owed(self) -> set[str]:
+        return owed(self.cfg.name) or set(self.studies)
 
 
 @dataclass(frozen=True)
@@ -150,7 +153,8 @@ def run_shared(
     experiment = f"{cfg.storage_path.rstrip('/')}/{cfg.name}"
     restoring = restore and tune.Tuner.can_restore(experiment)
     replays = dict(recorded or {}) if restoring else {}
-    publish(cfg.name, replays)  # the restored searcher and logger read it by the sweep's name
+    # the restored searcher and logger read these by the sweep's name
+    publish(cfg.name, replays, {s.key for s in queue})
     events = ray.get_actor(actor_name(cfg.name, "events"))
     ray.get(events.set_tuner_pid.remote(os.getpid()))  # where the driver sends its stop
     studies = {s.key: s for s in queue}

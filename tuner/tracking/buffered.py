@@ -139,6 +139,11 @@ class BufferedTracker:
         self.open.discard(key)
         return self.inner.runs.get(key)
 
+    def has_run(self, key: str) -> bool:
+        """Whether ``key`` has a run (started, queued or adopted), without asking MLflow."""
+        self._count("has_run")
+        return key in self.known
+
     def adopt(self, key: str, run_id: str, status: str = "RUNNING") -> None:
         self._count("adopt")
         self.writer.put("adopt", key, [key, run_id, status])
