@@ -19,6 +19,11 @@ unknown recorded trials out *first*, as suggestions marked ``RECORDED`` (the rec
 id): they use budget slots, so the study ends with exactly its budget. A grid study hands
 each out at its own grid point (``Replays.take``), so no point runs twice or is skipped.
 
+Studies cross the save too. One that finished after it is reused by the driver (its run is
+FINISHED), yet the restored searcher has it open: it is closed there without a word
+(``MultiStudySearcher.set_state``, from ``owed``), and its resumed trials replay. One that
+opened after it is opened again, continuing the run the driver adopted (``open_study``).
+
 The driver finds these trials (``tuner.sweep.reconcile``: one search, and one metric history
 per trial to replay) and the tuning task publishes them here (``publish``) before
 ``Tuner.restore``: the searcher and the trial logger are unpickled from the experiment and
