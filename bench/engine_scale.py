@@ -12,8 +12,12 @@ the last 1,000 trials (tenths at ``--quick``) and their ratio; peak memory of th
 the tuning task (Ray Tune's controller) and the tracker actor; ``petl-sweep leaderboard``'s
 time on the store; and that every trial, study and final run is in MLflow.
 
-Usage: ``python bench/engine_scale.py [--quick] [--workdir DIR] [--out FILE]``. ``--quick``
-replays 2 tasks × 16 methods (32 studies, about a tenth of the trials).
+Usage: ``python bench/engine_scale.py [--quick] [--kill-at F] [--workdir DIR] [--out FILE]``.
+``--quick`` replays 2 tasks × 16 methods (32 studies, about a tenth of the trials).
+``--kill-at 0.5`` SIGKILLs the sweep (its whole process group, as a lost machine would) once
+half its trials finished, then runs ``--resume``: the result adds the resume's wall time and
+whether every trial finished before the kill kept its run and end time, with no trial run
+twice (``tuner.sweep.recorded`` replays those Ray Tune's last save missed).
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import platform
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -104,23 +110,76 @@ class PeakMemory:
         self.thread.join()
 
 
+def _runs(db: Path) -> list[tuple[str, str, int | None, str | None, str | None]]:
+    """(run id, status, end time, stage, trial id) of every run in the store."""
+    if not db.exists():
+        return []
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
+            return conn.execute(
+                "SELECT r.run_uuid, r.status, r.end_time, "
+                "(SELECT value FROM tags WHERE run_uuid = r.run_uuid AND key = 'stage'), "
+                "(SELECT value FROM tags WHERE run_uuid = r.run_uuid AND key = 'trial_id') "
+                "FROM runs r"
+            ).fetchall()
+    except sqlite3.OperationalError:  # tables not created yet
+        return []
+
+
+def finished_trials(db: Path) -> dict[str, tuple[str, int | None]]:
+    """trial id → (run id, end time) of every FINISHED trial run."""
+    return {t: (r, end) for r, status, end, _, t in _runs(db) if t and status == "FINISHED"}
+
+
 def store_counts(db: Path) -> dict[str, Any]:
-    """Runs in the store by kind and status, and every trial run's end time (ms)."""
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-        rows = conn.execute(
-            "SELECT r.status, r.end_time, "
-            "(SELECT value FROM tags WHERE run_uuid = r.run_uuid AND key = 'stage'), "
-            "(SELECT value FROM tags WHERE run_uuid = r.run_uuid AND key = 'trial_id') "
-            "FROM runs r"
-        ).fetchall()
+    """Runs in the store by kind and status, every trial run's end time (ms), and how many
+    trial ids have more than one run (a trial run twice)."""
     counts: dict[str, int] = {}
-    ends = []
-    for status, end, stage, trial in rows:
+    ends, per_trial = [], {}
+    for _, status, end, stage, trial in _runs(db):
         kind = "trial" if trial else (stage or "other")
         counts[f"{kind}/{status}"] = counts.get(f"{kind}/{status}", 0) + 1
+        if trial:
+            per_trial[trial] = per_trial.get(trial, 0) + 1
         if trial and status == "FINISHED":
             ends.append(end)
-    return {"counts": counts, "trial_ends_ms": sorted(ends)}
+    twice = sum(n > 1 for n in per_trial.values())
+    return {"counts": counts, "trial_ends_ms": sorted(ends), "trials_with_two_runs": twice}
+
+
+def kill_then_resume(
+    cmd: list[str], workdir: Path, proc: subprocess.Popen, at: int, memory: PeakMemory
+) -> dict[str, Any]:
+    """SIGKILL the sweep once ``at`` trials finished, then ``--resume`` it to the end."""
+    db = workdir / "results" / "mlflow.db"
+    while len(finished_trials(db)) < at:
+        if proc.poll() is not None:
+            raise SystemExit(f"the sweep ended ({proc.returncode}) before {at} trials finished")
+        time.sleep(2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(2)
+    kept = finished_trials(db)
+    began = time.time()
+    with open(workdir / "resume.log", "w") as out:
+        second = subprocess.Popen([*cmd, "--resume"], stdout=out, stderr=subprocess.STDOUT,
+                                  cwd=workdir, start_new_session=True)  # fmt: skip
+        with PeakMemory(second.pid) as again:
+            code = second.wait()
+    for role, peak in again.peak.items():
+        memory.peak[role] = max(memory.peak[role], peak)
+    if code != 0:
+        text = (workdir / "resume.log").read_text()[-4000:]
+        raise SystemExit(f"the resume failed ({code}):\n{text}")
+    after = finished_trials(db)
+    text = (workdir / "resume.log").read_text()
+    replayed = text.split("replaying ")[1].split()[0] if "replaying " in text else "0"
+    return {
+        "killed_after_trials": len(kept),
+        "resume_wall_s": time.time() - began,
+        "replayed": int(replayed),
+        "finished_kept": all(after.get(t) == v for t, v in kept.items()),
+    }
 
 
 def per_trial_times(ends_ms: list[int], window: int) -> dict[str, float]:
@@ -130,7 +189,9 @@ def per_trial_times(ends_ms: list[int], window: int) -> dict[str, float]:
     return {"window": window, "first_s": first, "last_s": last, "last_over_first": last / first}
 
 
-def run(workdir: Path, quick: bool, epochs: int, slots: int) -> dict[str, Any]:
+def run(
+    workdir: Path, quick: bool, epochs: int, slots: int, kill_at: float = 0.0
+) -> dict[str, Any]:
     cfg = sweep_config(workdir, quick, epochs, slots)
     path = workdir / "sweep.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -140,20 +201,24 @@ def run(workdir: Path, quick: bool, epochs: int, slots: int) -> dict[str, Any]:
     studies = replay_plan(load_config(path))
     expected = sum(len(s.points) for s in studies)
     log = workdir / "sweep.log"
+    cmd = [str(BIN / "petl-sweep"), "run", str(path), "--no-progress"]
+    resumed: dict[str, Any] = {}
     started = time.time()
     with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [str(BIN / "petl-sweep"), "run", str(path), "--no-progress"],
-            stdout=out, stderr=subprocess.STDOUT, cwd=workdir,
-        )  # fmt: skip
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=workdir,
+                                start_new_session=True)  # fmt: skip
         with PeakMemory(proc.pid) as memory:
-            code = proc.wait()
+            if kill_at:
+                at = max(1, int(expected * kill_at))
+                resumed = kill_then_resume(cmd, workdir, proc, at, memory)
+            code = 0 if kill_at else proc.wait()
     wall = time.time() - started
     if code != 0:
         raise SystemExit(f"the sweep failed ({code}):\n{log.read_text()[-4000:]}")
     db = workdir / "results" / "mlflow.db"
     store = store_counts(db)
     ends = store.pop("trial_ends_ms")
+    twice = store.pop("trials_with_two_runs")
     board = workdir / "leaderboard"
     began = time.time()
     subprocess.run(
@@ -167,9 +232,12 @@ def run(workdir: Path, quick: bool, epochs: int, slots: int) -> dict[str, Any]:
         counts.get("trial/FINISHED", 0) == expected
         and counts.get("tune/FINISHED", 0) == len(studies)
         and counts.get("final/FINISHED", 0) == len(studies)
+        and twice == 0
     )
     return {
-        "command": "python bench/engine_scale.py" + (" --quick" if quick else ""),
+        "command": "python bench/engine_scale.py"
+        + (" --quick" if quick else "")
+        + (f" --kill-at {kill_at:g}" if kill_at else ""),
         "machine": f"{platform.node()}: {psutil.cpu_count()} CPUs, "
         f"{psutil.virtual_memory().total / 2**30:.0f} GiB, {platform.platform()}",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -183,6 +251,7 @@ def run(workdir: Path, quick: bool, epochs: int, slots: int) -> dict[str, Any]:
         "leaderboard_s": leaderboard_s,
         "runs": counts,
         "all_in_mlflow": complete,
+        **({"kill_and_resume": resumed} if kill_at else {}),
     }
 
 
@@ -193,13 +262,16 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=16)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--kill-at", type=float, default=0.0,
+        help="SIGKILL the sweep once this fraction of its trials finished, then --resume it",
+    )  # fmt: skip
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="engine_scale-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    result = run(workdir.resolve(), args.quick, args.epochs, args.slots)
-    out = args.out or Path(__file__).with_name(
-        "engine_scale_quick.json" if args.quick else "engine_scale.json"
-    )
+    result = run(workdir.resolve(), args.quick, args.epochs, args.slots, args.kill_at)
+    name = "engine_scale" + ("_quick" if args.quick else "") + ("_resume" if args.kill_at else "")
+    out = args.out or Path(__file__).with_name(f"{name}.json")
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

@@ -12,7 +12,12 @@ import textwrap
 from ray._private import ray_constants
 from ray.tune import tune as tune_module
 
-from tuner.sweep.ray_internals import interrupt_tuner, loopback_only, saved_state_readable
+from tuner.sweep.ray_internals import (
+    interrupt_tuner,
+    loopback_only,
+    saved_state_readable,
+    saved_trial_statuses,
+)
 
 
 def test_the_single_machine_switch_exists_and_is_put_back():
@@ -49,7 +54,7 @@ def test_interrupt_reaches_a_tune_loop_in_another_process(tmp_path):
         tuner = tune.Tuner(slow, run_config=tune.RunConfig(
             name="stop", storage_path={str(tmp_path)!r}, verbose=0))
         result = tuner.fit()
-        print("returned", result[0].metrics.get("i"), flush=True)
+        print("returned", result[0].metrics.get("i"), result[0].metrics["trial_id"], flush=True)
         ray.shutdown()
         """
     )
@@ -72,6 +77,10 @@ def test_interrupt_reaches_a_tune_loop_in_another_process(tmp_path):
     assert "returned" in out
     assert list(saved.glob("experiment_state-*.json")), "the experiment state was saved"
     assert saved_state_readable(str(saved))  # the newest state file is whole JSON
+    trial_id = out.split("returned")[1].split()[1]
+    # what --resume reads to find the trials the restore holds unfinished (RUNNING: continued)
+    assert saved_trial_statuses(str(saved)) == {trial_id: "RUNNING"}
+    assert saved_trial_statuses(str(tmp_path / "none")) is None
     newest = sorted(saved.glob("experiment_state-*.json"))[-1]
     newest.write_text(newest.read_text()[:100])  # as a full disk leaves it
     assert not saved_state_readable(str(saved))

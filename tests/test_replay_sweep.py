@@ -171,7 +171,7 @@ def resumed_from_experiment(planted, tmp_path_factory):
     db, log = root / "results" / "mlflow.db", root / "first.log"
     first = start_sweep(cmd, log, f"replay-resume-{os.getpid()}")
     wait_for_finished_trials(first, db, log, 3)
-    time.sleep(3)  # past Ray Tune's state save (tune.state_save_s)
+    time.sleep(3)  # the kill lands mid-trial (those finished since the last save: replayed)
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     time.sleep(2)

@@ -56,8 +56,8 @@ def interrupted_then_resumed(tmp_path_factory):
             assert first.poll() is None, (root / "first.log").read_text()[-3000:]
             assert time.time() < deadline, "the first run never finished two trials"
             time.sleep(0.5)
-        # Ray Tune saves trial statuses every tune.state_save_s (1 s): a trial that ended
-        # within that window of a crash runs again on --resume; the ones before it never do.
+        # Ray Tune saves its state every tune.state_save_s (auto: 10 s or more); a trial that
+        # finished since is replayed from MLflow on --resume, never trained again.
         time.sleep(3)
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()

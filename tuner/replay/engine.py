@@ -39,6 +39,7 @@ from tuner.replay.table import ReplayTable
 from tuner.replay.trial import Source, cached_table, epoch_seconds, make_trainable
 from tuner.sweep.checkpoints import CheckpointPolicy
 from tuner.sweep.plan import StudySpec, stable_seed
+from tuner.sweep.recorded import RecordedTrial
 from tuner.sweep.spaces import Domain
 from tuner.sweep.specs import trial_spec
 from tuner.tracking.artifacts import environment_info
@@ -149,13 +150,18 @@ def replay_datasets(cfg: SweepConfig) -> dict[str, dict[str, Any]]:
 
 # -- the trials -----------------------------------------------------------------------------
 def replay_trainable(
-    cfg: SweepConfig, studies: dict[str, StudySpec], policy: CheckpointPolicy, name: str
+    cfg: SweepConfig,
+    studies: dict[str, StudySpec],
+    policy: CheckpointPolicy,
+    name: str,
+    recorded: dict[str, RecordedTrial] | None = None,
 ) -> Callable[[dict[str, Any]], None]:
-    """The sweep's trainable in a replay (``tuner.replay.trial``: no config, no torch)."""
+    """The sweep's trainable in a replay (``tuner.replay.trial``: no config, no torch);
+    ``recorded``: the trials a resumed sweep replays from MLflow (``tuner.sweep.recorded``)."""
     assert cfg.replay is not None
     plain = {key: (s.task, s.method, dict(s.fixed)) for key, s in studies.items()}
     return make_trainable(source_of(cfg.replay), plain, cfg.tune.max_epochs,
-                          cfg.replay.epoch_s, policy, cfg.name, name)  # fmt: skip
+                          cfg.replay.epoch_s, policy, cfg.name, name, recorded)  # fmt: skip
 
 
 # -- the final stage ------------------------------------------------------------------------

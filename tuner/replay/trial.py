@@ -24,6 +24,7 @@ from ray import tune
 from tuner.replay.table import ReplayTable, TableError, from_experiment, load_table
 from tuner.sweep.checkpoints import CheckpointPolicy
 from tuner.sweep.multiplex import split_config
+from tuner.sweep.recorded import RecordedTrial, checkpoint_epoch, replay_recorded, replaying
 from tuner.sweep.stopwatch import StopWatch
 
 #: The checkpoint of a replayed trial: the epoch it reached
@@ -134,11 +135,18 @@ def make_trainable(
     policy: CheckpointPolicy,
     sweep: str,
     name: str,
+    recorded: dict[str, RecordedTrial] | None = None,
 ) -> Callable[[dict[str, Any]], None]:
     """``sweep_trainable``'s replay twin: the trial's ``STUDY`` key picks its study, and its
-    worker's copy of the table (read on its first trial) the recorded curve."""
+    worker's copy of the table (read on its first trial) the recorded curve. A trial in
+    ``recorded`` (its MLflow run finished before a crash) reports that run instead."""
+    recorded = recorded or {}
 
     def trainable(config: dict[str, Any]) -> None:
+        replay = replaying(config, recorded)
+        if replay is not None:
+            replay_recorded(replay, checkpoint_epoch())
+            return
         key, _, _ = split_config(config)
         table = cached_table(source)
         replay_trial(config, table, studies[key], epochs, epoch_s, policy, StopWatch(sweep))

@@ -3,7 +3,9 @@
 Shaped like Ray's ``MLflowLoggerCallback``: a child MLflow run per trial under its study's
 run, one ``log_batch`` per epoch, ended with its outcome (and error, if it failed). It
 decides nothing: when a study is over is the searcher's call (``tuner.sweep.multiplex``).
-It also keeps the progress board's counts, which are for display only.
+It also keeps the progress board's counts, which are for display only. A trial that replays
+a recorded one after a crash (``tuner.sweep.recorded``) is counted but never logged: its
+MLflow run stays as it finished.
 
 One trap lives here: ``Tuner.restore`` unpickles the callbacks of the interrupted run.
 Actor handles inside them would point into a Ray session that no longer exists, so the
@@ -22,6 +24,7 @@ from tuner.records import METRIC, first_line, logged_metrics, trial_outcome
 from tuner.sweep.events import actor_name
 from tuner.sweep.multiplex import WARM, split_config, study_of, trial_error
 from tuner.sweep.plan import StudySpec
+from tuner.sweep.recorded import FLAG, is_replay, published
 from tuner.sweep.study import study_tags
 from tuner.sweep.warm_start import WARM_TAG
 
@@ -68,6 +71,9 @@ class MLflowTrialCallback(tune.Callback):
             return
         self.started.add(trial.trial_id)
         study, meta, hp = split_config(trial.config)
+        if is_replay(trial, published(self.sweep)):  # its run exists, finished
+            self.board.trial_started.remote(study)
+            return
         tags = {**self.tags[study], "trial_id": trial.trial_id}
         if meta.get(WARM):
             tags[WARM_TAG] = meta[WARM]
@@ -84,6 +90,8 @@ class MLflowTrialCallback(tune.Callback):
     def on_trial_result(
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
     ) -> None:
+        if result.get(FLAG):
+            return
         metrics = logged_metrics(result)
         self.tracker.log_metrics.remote(
             self._key(trial), metrics, int(result["training_iteration"])
@@ -91,6 +99,9 @@ class MLflowTrialCallback(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         outcome = trial_outcome(trial.last_result, self.max_epochs)
+        if trial.last_result.get(FLAG):
+            self.board.trial_done.remote(study_of(trial.config), outcome, trial.last_result[METRIC])
+            return
         hours = trial.last_result.get("time_total_s", 0.0) * self.devices_per_trial / 3600
         self.tracker.log_metrics.remote(self._key(trial), {"device_hours": hours}, 0)
         self.tracker.end_run.remote(
@@ -107,6 +118,9 @@ class MLflowTrialCallback(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         error = first_line(trial_error(trial)) or "trial failed"
+        if is_replay(trial, published(self.sweep)):
+            self.board.trial_done.remote(study_of(trial.config), "error")
+            return
         self.tracker.end_run.remote(
             self._key(trial), "FAILED", {"outcome": "error", "error": error[:500]}
         )

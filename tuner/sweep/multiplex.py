@@ -46,12 +46,13 @@ from tuner.records import (
     first_line,
     trial_outcome,
 )
+from tuner.sweep.recorded import FLAG, RECORDED, RecordedTrial, Replays
 
 log = logging.getLogger("petl_sweep")
 
 #: Bookkeeping keys of a trial's config (not hyper-parameters)
 STUDY, PREPARED, WARM = "__study", "__prepared_uri", "__warm_start"
-BOOKKEEPING = (STUDY, PREPARED, WARM)
+BOOKKEEPING = (STUDY, PREPARED, WARM, RECORDED)
 
 
 def study_of(config: dict[str, Any]) -> str:
@@ -100,6 +101,14 @@ class StudyHooks(Protocol):
 
     def reopen(self, key: str) -> None: ...
 
+    def recorded(self) -> dict[str, RecordedTrial]:
+        """After a restore: the finished trials to replay (``tuner.sweep.recorded``)."""
+        ...
+
+    def owed(self) -> set[str]:
+        """After a restore: the studies this run tunes (the driver reuses the others)."""
+        ...
+
     def emit(self, event: StudyEvent) -> None: ...
 
 
@@ -140,13 +149,16 @@ class StudyState:
             and (self.suggested < self.total or bool(self.live))
         )
 
-    def record(self, trial_id: str, result: dict | None, error: str, max_epochs: int) -> None:
+    def record(
+        self, trial_id: str, result: dict | None, error: str, max_epochs: int, recorded: str = ""
+    ) -> None:
+        """``recorded``: the id of the recorded trial this one replayed (its MLflow run's)."""
         index, hp = self.configs.get(trial_id, (len(self.configs), {}))
         last = result or self.last.pop(trial_id, None) or {}
         self.last.pop(trial_id, None)
         self.records[trial_id] = TrialRecord(
             index=index,
-            trial_id=trial_id,
+            trial_id=recorded or trial_id,
             config={**self.fixed, **hp},
             epochs=int(last.get("training_iteration", 0)),
             val_acc=float(last.get(METRIC, 0.0)),
@@ -161,7 +173,8 @@ class MultiStudySearcher(Searcher):
     closes each study when its last trial ends.
 
     ``hooks.open(key)`` opens a study (returns ``Opened``) and may raise: that study is then
-    failed (``StudyFailed``) and skipped, the others go on."""
+    failed (``StudyFailed``) and skipped, the others go on. Once restored, a study hands out
+    the recorded trials the restored state never heard of first (``tuner.sweep.recorded``)."""
 
     def __init__(
         self,
@@ -183,6 +196,7 @@ class MultiStudySearcher(Searcher):
         self.active: list[str] = []
         #: error text of failed trials, handed over by the scheduler (it sees the trial)
         self.errors: dict[str, str] = {}
+        self.replays = Replays()
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict,
                               **spec: Any) -> bool:  # fmt: skip
@@ -210,8 +224,12 @@ class MultiStudySearcher(Searcher):
     def _next(self, state: StudyState, trial_id: str) -> dict[str, Any] | None:
         opened = state.opened
         assert opened is not None
-        if opened.searcher is None:
-            hp = dict(opened.grid[state.suggested])
+        point = opened.grid[state.suggested] if opened.searcher is None else None
+        replay = self.replays.take(state.key, point)
+        if point is not None:
+            hp = dict(point)
+        elif replay is not None:
+            hp = dict(replay.config)
         else:
             hp = opened.searcher.suggest(trial_id)
             if hp is None or hp == Searcher.FINISHED:
@@ -219,7 +237,10 @@ class MultiStudySearcher(Searcher):
                 self._close_if_over(state)
                 return None
         config = {**hp, STUDY: state.key, PREPARED: opened.prepared_uri}
-        if opened.searcher is not None and state.suggested < len(opened.warm):
+        if replay is not None:
+            config[RECORDED] = replay.trial_id
+            self.replays.start(trial_id, replay)
+        elif opened.searcher is not None and state.suggested < len(opened.warm):
             config[WARM] = opened.warm[state.suggested][1]  # Optuna asks these first
         state.configs[trial_id] = (state.suggested, hp)
         state.suggested += 1
@@ -241,7 +262,7 @@ class MultiStudySearcher(Searcher):
         while len(self.active) < self.max_open and self.cursor < len(self.order):
             state = self.studies[self.order[self.cursor]]
             self.cursor += 1
-            if state.opened is not None or state.failed or not self._open(state):
+            if state.opened is not None or state.closed or not self._open(state):
                 continue
             if state.active:
                 self.active.append(state.key)
@@ -278,8 +299,12 @@ class MultiStudySearcher(Searcher):
         if state is None:
             return
         state.live.discard(trial_id)
-        state.record(trial_id, result, text if error else "", self.max_epochs)
-        if sub is not None:
+        replay = self.replays.live.pop(trial_id, None)
+        recorded = replay.trial_id if replay else ""
+        state.record(trial_id, result, text if error else "", self.max_epochs, recorded)
+        if sub is not None and replay is not None:  # never asked: told as recorded
+            sub.tell_recorded(replay.config, replay.curve, result, error)
+        elif sub is not None:
             sub.on_trial_complete(trial_id, result, error)
         self._close_if_over(state)
 
@@ -314,16 +339,26 @@ class MultiStudySearcher(Searcher):
             "owner": self.owner,
             "cursor": self.cursor,
             "active": self.active,
+            "replays": self.replays,
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Come back as saved: live trials stay live (Ray Tune resumes them). Each open study
         gets its MLflow run back (created if the store never recorded it); a study closed
-        before the crash is announced again (the driver ignores what it already has)."""
+        before the crash is announced again (the driver ignores what it already has). The
+        recorded trials no restored part knows are queued to be handed out first."""
         self.studies, self.owner = state["studies"], state["owner"]
         self.order, self.cursor, self.active = list(self.studies), state["cursor"], state["active"]
+        self.replays = state.get("replays") or Replays()
+        self.replays.refill(self.hooks.recorded(), set(self.owner))
+        owed = self.hooks.owed()
         for study in self.studies.values():
-            if study.event is not None:
+            if study.key not in owed and not study.closed:
+                # finished after the save (the driver reuses its run): nothing more to run;
+                # its resumed trials replay their records (``tuner.sweep.recorded``)
+                study.closed, study.total = True, study.suggested
+                self.active = [k for k in self.active if k != study.key]
+            elif study.event is not None:
                 self.hooks.emit(study.event)
             elif study.opened is not None and not study.closed:
                 self.hooks.reopen(study.key)
@@ -376,7 +411,10 @@ class MultiStudyScheduler(FIFOScheduler):
         self._of(trial).on_trial_error(tune_controller, trial)
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-        return self._of(trial).on_trial_result(tune_controller, trial, result)
+        """A replayed trial's values reach its study's ASHA rungs, but it is never stopped:
+        it ends where its recorded run ended (``tuner.sweep.recorded``)."""
+        decision = self._of(trial).on_trial_result(tune_controller, trial, result)
+        return TrialScheduler.CONTINUE if result.get(FLAG) else decision
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
         self._of(trial).on_trial_complete(tune_controller, trial, result)

@@ -106,6 +106,8 @@ class SweepRun:
         self.result = SweepResult()
         plan = reconcile(cfg, studies, self.tracker, resume)
         self.finished_finals = plan.finished_finals
+        #: trials that finished after Ray Tune's last save: replayed, not trained again
+        self.replayed = len(plan.recorded)
         if plan.stale:
             self.result.stale_closed = ray.get(
                 self.tracker.end_runs.remote(plan.stale, "KILLED", {"outcome": "lost"})
@@ -116,7 +118,9 @@ class SweepRun:
         self.owed: dict[str, StudySpec] = {s.key: s for s in plan.queue}
         self.tuning: Any = None
         if plan.queue:
-            self.tuning = self.tune_task.remote(cfg, plan.queue, resume, plan.adopted_trials)
+            self.tuning = self.tune_task.remote(
+                cfg, plan.queue, resume, plan.adopted_trials, plan.recorded
+            )
         self.next_events = self.events.next_events.remote(TICK_S)
         self.finals: dict[Any, tuple[str, str]] = {}
         for summary in plan.reuse.values():
@@ -363,6 +367,11 @@ def _drive(
         notify(
             f"closed {sweep.result.stale_closed} run(s) an earlier run of {cfg.name} left "
             "RUNNING as KILLED/lost (use --resume to continue them instead)"
+        )
+    if sweep.replayed:
+        notify(
+            f"replaying {sweep.replayed} trial(s) that finished after Ray Tune's last save "
+            "from their MLflow runs (not trained again)"
         )
     # Only a cluster that can add nodes waits on purpose: on a fixed one check_resources
     # has shown a trial fits, and a slow start is not a request nothing can hold.

@@ -19,6 +19,9 @@ moves it, instead of the sweep silently binding every interface or ignoring a st
   while it wrote leaves that file cut short; ``Tuner.restore`` then logs "Failed to restore
   the run state", silently starts the experiment over with a half-restored searcher, and
   hangs. So the driver checks the newest file parses before it asks for a restore.
+* ``saved_trial_statuses``: the same file lists every trial (``trial_data``: each a JSON
+  state with ``trial_id`` and ``status``); ``--resume`` reads it to know which finished
+  trial runs the restore would not know as TERMINATED (``tuner.sweep.recorded``).
 """
 
 from __future__ import annotations
@@ -53,16 +56,31 @@ def interrupt_tuner(pid: int) -> bool:
     return True
 
 
+def _newest_state(experiment: str) -> dict | None:
+    states = sorted(Path(experiment).glob("experiment_state-*.json"))
+    if not states:
+        return None
+    try:
+        return json.loads(states[-1].read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def saved_trial_statuses(experiment: str) -> dict[str, str] | None:
+    """Trial id → status (PENDING, RUNNING, TERMINATED, ERROR...) in the newest saved state
+    of ``experiment`` (a local folder); None when there is none to restore, or it is remote."""
+    if "://" in experiment:
+        return None
+    state = _newest_state(experiment)
+    if state is None:
+        return None
+    trials = (json.loads(data) for data, _ in state.get("trial_data", []))
+    return {t["trial_id"]: t["status"] for t in trials}
+
+
 def saved_state_readable(experiment: str) -> bool:
     """Whether the newest Ray Tune experiment state under ``experiment`` (a local folder)
     is whole. Remote storage (``s3://``...) is not checked: True."""
     if "://" in experiment:
         return True
-    states = sorted(Path(experiment).glob("experiment_state-*.json"))
-    if not states:
-        return False
-    try:
-        json.loads(states[-1].read_text())
-    except (OSError, ValueError):
-        return False
-    return True
+    return _newest_state(experiment) is not None

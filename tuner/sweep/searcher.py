@@ -63,22 +63,49 @@ class TPESearcher(Searcher):
         if trial is not None and value is not None and math.isfinite(value):
             trial.report(float(value), int(result.get("training_iteration", 0)))
 
+    def _verdict(self, result: dict | None, error: bool) -> tuple[TrialState, float | None]:
+        value = (result or {}).get(METRIC)
+        outcome = trial_outcome(result, self.max_epochs)
+        if error or value is None or not math.isfinite(value):
+            return TrialState.FAIL, None
+        if outcome == "stopped_early":
+            return TrialState.PRUNED, None
+        return TrialState.COMPLETE, float(value)
+
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
         trial = self.asked.pop(trial_id, None)
         if trial is None:  # told already, or never ours
             return
-        value = (result or {}).get(METRIC)
-        outcome = trial_outcome(result, self.max_epochs)
-        if error or value is None or not math.isfinite(value):
-            state, told = TrialState.FAIL, None
-        elif outcome == "stopped_early":
-            state, told = TrialState.PRUNED, None
-        else:
-            state, told = TrialState.COMPLETE, float(value)
+        state, told = self._verdict(result, error)
         self.study.tell(trial, told, state=state)
         self.told[trial_id] = state.name
+
+    def tell_recorded(
+        self,
+        params: dict[str, Any],
+        curve: tuple[float, ...] | list[float],
+        result: dict | None,
+        error: bool = False,
+    ) -> None:
+        """A trial that ran before a crash, replayed from its MLflow run on ``--resume``
+        (``tuner.sweep.recorded``): never asked (its configuration is the recorded one), so
+        Optuna gets it whole, with its per-epoch values, as an added trial."""
+        state, told = self._verdict(result, error)
+        epochs = int((result or {}).get("training_iteration", len(curve)))
+        distributions = {k: self.space[k] for k in params if k in self.space}
+        self.study.add_trial(
+            optuna.trial.create_trial(
+                params={k: params[k] for k in distributions},
+                distributions=distributions,
+                value=told,
+                state=state,
+                intermediate_values={
+                    i + 1: float(v) for i, v in enumerate(curve[:epochs]) if math.isfinite(v)
+                },
+            )
+        )
 
     def trial_states(self) -> dict[str, int]:
         """How Optuna recorded every trial: counts by state name."""

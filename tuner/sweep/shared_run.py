@@ -27,6 +27,7 @@ from tuner.sweep.checkpoints import CheckpointPolicy
 from tuner.sweep.events import EventSink, actor_name
 from tuner.sweep.multiplex import Closing, MultiStudyScheduler, MultiStudySearcher, Opened
 from tuner.sweep.plan import StudySpec
+from tuner.sweep.recorded import RecordedTrial, owed, publish, published
 from tuner.sweep.specs import trial_spec
 from tuner.sweep.study import close_study, open_study, study_run_tags, study_total
 from tuner.sweep.trainable import sweep_trainable
@@ -58,6 +59,12 @@ class StudyLife:
         study = self.studies[key]
         ray.get(tracker.ensure_run.remote(key, key, study_run_tags(self.cfg, study)))
         ray.get(tracker.set_tags.remote(key, {"resumed": "true"}))
+
+    def recorded(self) -> dict[str, RecordedTrial]:
+        return published(self.cfg.name)
+
+    def owed(self) -> set[str]:
+        return owed(self.cfg.name) or set(self.studies)
 
 
 @dataclass(frozen=True)
@@ -129,6 +136,7 @@ def run_shared(
     queue: list[StudySpec],
     restore: bool = False,
     adopted_trials: dict[str, str] | None = None,
+    recorded: dict[str, RecordedTrial] | None = None,
 ) -> TuningOutcome:
     """Tune every study in ``queue`` in one Ray Tune run.
 
@@ -136,10 +144,17 @@ def run_shared(
     state is in ``storage_path``: finished trials stay finished, unfinished and errored ones
     continue from their last checkpoints, every study's searcher and ASHA come back.
     ``adopted_trials``: trial id → run key of the RUNNING trial runs the driver adopted; those
-    the restored experiment never heard of are ended as KILLED/lost."""
-    # Ray Tune saves trial statuses and the searcher at most this often; a crash loses the
-    # trials that ended since the last save (they run again on --resume).
+    the restored experiment never heard of are ended as KILLED/lost. ``recorded``: trial id →
+    the trials whose runs finished after Ray Tune's last save; on a restore they are replayed
+    from MLflow, never trained again (``tuner.sweep.recorded``)."""
+    # Ray Tune saves trial statuses and the searcher at most this often ("auto": adaptive);
+    # what a crash loses since the last save is replayed, not rerun (``recorded``).
     os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = str(cfg.tune.state_save_s)
+    experiment = f"{cfg.storage_path.rstrip('/')}/{cfg.name}"
+    restoring = restore and tune.Tuner.can_restore(experiment)
+    replays = dict(recorded or {}) if restoring else {}
+    # the restored searcher and logger read these by the sweep's name
+    publish(cfg.name, replays, {s.key for s in queue})
     events = ray.get_actor(actor_name(cfg.name, "events"))
     ray.get(events.set_tuner_pid.remote(os.getpid()))  # where the driver sends its stop
     studies = {s.key: s for s in queue}
@@ -149,15 +164,14 @@ def run_shared(
     if cfg.replay:  # recorded results stand in for training (tuner.replay.engine)
         from tuner.replay.engine import replay_trainable
 
-        function = replay_trainable(cfg, studies, policy, f"trial_{cfg.name}")
+        function = replay_trainable(cfg, studies, policy, f"trial_{cfg.name}", replays)
     else:
-        function = sweep_trainable(specs, policy, f"trial_{cfg.name}", cfg.name)
+        function = sweep_trainable(specs, policy, f"trial_{cfg.name}", cfg.name, replays)
     trainable = tune.with_resources(
         function,
         {"cpu": cfg.resources.cpus_per_trial, "gpu": cfg.resources.gpus_per_trial},
     )
-    experiment = f"{cfg.storage_path.rstrip('/')}/{cfg.name}"
-    if restore and tune.Tuner.can_restore(experiment):
+    if restoring:
         tuner = tune.Tuner.restore(
             experiment, trainable, resume_unfinished=True, resume_errored=True
         )

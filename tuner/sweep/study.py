@@ -155,11 +155,19 @@ def study_total(cfg: SweepConfig, study: StudySpec) -> int:
 
 def open_study(cfg: SweepConfig, study: StudySpec, tracker: Any, board: Any) -> Opened:
     """Start the study: its MLflow run, its searcher (warm-started on request) or grid, and
-    its prepare pass. Raises if any of it fails (the sweep then marks the study FAILED)."""
+    its prepare pass. Raises if any of it fails (the sweep then marks the study FAILED).
+
+    A resumed sweep whose Ray Tune state was saved before the study opened opens it again:
+    the run the driver adopted continues (its params and dataset are logged already; MLflow
+    refuses a param logged twice with another value, e.g. a new warm-start count)."""
     grid = cfg.grid_search
-    ray.get(tracker.start_run.remote(study.key, study.key, study_run_tags(cfg, study),
-                                     params=study_params(cfg, study)))  # fmt: skip
-    tracker.log_dataset.remote(study.key, study.dataset, "tune")
+    continuing = ray.get(tracker.has_run.remote(study.key))
+    if continuing:
+        ray.get(tracker.set_tags.remote(study.key, {"resumed": "true"}))
+    else:
+        ray.get(tracker.start_run.remote(study.key, study.key, study_run_tags(cfg, study),
+                                         params=study_params(cfg, study)))  # fmt: skip
+        tracker.log_dataset.remote(study.key, study.dataset, "tune")
     board.update.remote(study.key, status="tuning")
     searched = searched_space(study)
     opened = Opened()
@@ -170,10 +178,12 @@ def open_study(cfg: SweepConfig, study: StudySpec, tracker: Any, board: Any) -> 
             earlier = ray.get(tracker.find.remote({"stage": "tune", "method": study.method}))
             opened.warm = warm_points(earlier, study.task, searched, cfg.search.warm_start_top)
             count = {"search.warm_start_points": len(opened.warm)}
-            ray.get(tracker.log_params.remote(study.key, count))
+            if not continuing:
+                ray.get(tracker.log_params.remote(study.key, count))
         if cfg.search.prior:  # a replay table's evidence first (tuner.replay.prior)
             opened.warm = with_prior(cfg, study.task, study.method, searched, opened.warm)
-            ray.get(tracker.log_params.remote(study.key, {"search.prior": cfg.search.prior}))
+            if not continuing:
+                ray.get(tracker.log_params.remote(study.key, {"search.prior": cfg.search.prior}))
         first = [p for p, _ in opened.warm]
         opened.searcher = tpe_searcher(study.seed, cfg.tune.max_epochs, first)
         opened.searcher.set_search_properties(METRIC, "max", to_ray_space(searched, False))

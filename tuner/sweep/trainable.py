@@ -3,12 +3,14 @@
 The training code knows nothing of the tuner; this function is the only place a trial
 touches ``ray.tune``. A checkpoint holds the trainable tensors (never a frozen backbone),
 optimiser, schedule and RNG, so a trial restored after a node failure continues exactly
-where it stopped; when to write one is ``tuner.sweep.checkpoints``' call.
+where it stopped; when to write one is ``tuner.sweep.checkpoints``' call. A trial that
+finished before a crash is replayed on ``--resume``, not trained (``tuner.sweep.recorded``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import tempfile
 import time
 from collections.abc import Callable
@@ -16,10 +18,18 @@ from pathlib import Path
 from typing import Any
 
 import ray
+import torch
 from ray import tune
 
 from tuner.sweep.checkpoints import CheckpointPolicy
 from tuner.sweep.multiplex import PREPARED, split_config
+from tuner.sweep.recorded import (
+    EPOCH_FILE,
+    RecordedTrial,
+    checkpoint_epoch,
+    replay_recorded,
+    replaying,
+)
 from tuner.sweep.stopwatch import StopWatch
 from tuner.tracking.client import fetch_artifact
 from tuner.training.spec import TrialSpec
@@ -60,6 +70,7 @@ def tune_trainable(
         started = time.perf_counter()
         with tempfile.TemporaryDirectory() as directory:
             trainer.save(Path(directory))
+            (Path(directory) / EPOCH_FILE).write_text(json.dumps({"epoch": trainer.epoch}))
             metrics["checkpoint_s"] = time.perf_counter() - started
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
         since = time.monotonic()
@@ -67,11 +78,21 @@ def tune_trainable(
             stop.park()
 
 
+def _trainer_epoch(directory: Path) -> int:
+    """The epoch of a checkpoint written before ``EPOCH_FILE`` existed."""
+    return int(torch.load(directory / "trainer.pt", weights_only=True)["epoch"])
+
+
 def sweep_trainable(
-    specs: dict[str, TrialSpec], policy: CheckpointPolicy, name: str, sweep: str = ""
+    specs: dict[str, TrialSpec],
+    policy: CheckpointPolicy,
+    name: str,
+    sweep: str = "",
+    recorded: dict[str, RecordedTrial] | None = None,
 ) -> Callable[[dict[str, Any]], None]:
     """``tune_trainable`` for every study of a sweep: the trial's ``STUDY`` key picks its
-    study's fixed spec, ``PREPARED`` the study's prepare artifact.
+    study's fixed spec, ``PREPARED`` the study's prepare artifact; a trial in ``recorded``
+    (finished before a crash) is replayed from its record instead.
 
     Not ``tune.with_parameters``: it registers every wrapper as ``tune_trainable`` and keys
     the parameters by the function's repr, identical in every worker process, so two sweeps
@@ -79,7 +100,13 @@ def sweep_trainable(
     cannot mix.
     """
 
+    recorded = recorded or {}
+
     def trainable(config: dict[str, Any]) -> None:
+        replay = replaying(config, recorded)
+        if replay is not None:
+            replay_recorded(replay, checkpoint_epoch(_trainer_epoch))
+            return
         key, meta, hp = split_config(config)
         spec = dataclasses.replace(specs[key], prepared_uri=meta.get(PREPARED))
         tune_trainable(hp, spec=spec, policy=policy, stop=StopWatch(sweep) if sweep else None)

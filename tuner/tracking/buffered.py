@@ -139,6 +139,11 @@ class BufferedTracker:
         self.open.discard(key)
         return self.inner.runs.get(key)
 
+    def has_run(self, key: str) -> bool:
+        """Whether ``key`` has a run (started, queued or adopted), without asking MLflow."""
+        self._count("has_run")
+        return key in self.known
+
     def adopt(self, key: str, run_id: str, status: str = "RUNNING") -> None:
         self._count("adopt")
         self.writer.put("adopt", key, [key, run_id, status])
@@ -280,3 +285,6 @@ class BufferedTracker:
 
     def run_id(self, key: str) -> str:
         return self._read("run_id", key)
+
+    def metric_history(self, run_id: str, name: str) -> list[tuple[int, float]]:
+        return self._read("metric_history", run_id, name)
