@@ -55,7 +55,7 @@ def main() -> None:
     med = {w: (statistics.median(t[0] for t in v), statistics.median(t[1] for t in v))
            for w, v in times.items()}  # fmt: skip
     for way, (wall, cpu) in med.items():
-        print(f"{way:>8}: {wall:.3f} s wall, {cpu:.3f} s CPU per new store (median of {args.stores})")
+        print(f"{way:>8}: {wall:.3f} s wall, {cpu:.3f} s CPU a new store (median of {args.stores})")
     print(f"ratio migrate/template: {med['migrate'][0] / med['template'][0]:.1f}x wall, "
           f"{med['migrate'][1] / med['template'][1]:.1f}x CPU")  # fmt: skip
 
