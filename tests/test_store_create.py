@@ -62,13 +62,20 @@ def test_concurrent_first_use_creates_one_working_store(tmp_path: Path):
     assert len(list((tmp_path / "cache").glob("mlflow-*-empty.db"))) == 1
 
 
-def _schema(db: Path) -> tuple[list[str], list[tuple]]:
+def _schema(db: Path) -> tuple[list[str], dict[str, list[str]], set[str]]:
+    """(alembic revision, table → its columns, index names): the schema as MLflow uses it.
+    Not the DDL text: MLflow's SQLite migrations rebuild tables through batch copies whose
+    constraint order varies from one process to the next."""
     with sqlite3.connect(db) as conn:
         version = [v for (v,) in conn.execute("SELECT version_num FROM alembic_version")]
-        tables = conn.execute(
-            "SELECT name, sql FROM sqlite_master WHERE type IN ('table', 'index') ORDER BY name"
-        ).fetchall()
-    return version, tables
+        names = [n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        tables = {}
+        for name in names:
+            tables[name] = sorted(r[1] for r in conn.execute(f'PRAGMA table_info("{name}")'))
+        indexes = {
+            n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
+        }
+    return version, tables, indexes
 
 
 def test_a_store_from_the_template_is_mlflows_own_with_its_own_default_experiment(
