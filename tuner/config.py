@@ -243,6 +243,12 @@ class SweepConfig(Strict):
         return self.ray.storage_path or str((Path(self.out_dir) / "ray_results").resolve())
 
     @property
+    def experiment_path(self) -> str:
+        """The sweep's one Ray Tune experiment under ``storage_path`` (what ``Tuner.restore``
+        reads back, and where its saved state lies)."""
+        return f"{self.storage_path.rstrip('/')}/{self.name}"
+
+    @property
     def leaderboard_dir(self) -> Path:
         return Path(self.out_dir) / self.name
 

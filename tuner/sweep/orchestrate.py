@@ -353,7 +353,7 @@ def _drive(
     stop: StopRequest,
 ) -> SweepResult:
     started = time.time()
-    experiment = f"{cfg.storage_path.rstrip('/')}/{cfg.name}"
+    experiment = cfg.experiment_path
     if resume and Path(experiment).exists() and not saved_state_readable(experiment):
         notify(
             f"Ray Tune's saved state in {experiment} is cut short (a full disk?): the "

@@ -94,7 +94,7 @@ def _recorded(
 ) -> dict[str, RecordedTrial]:
     """The ended trial runs of the sweep's studies that Ray Tune's saved state does not hold
     as TERMINATED (the restore would run them again): one metric history each."""
-    saved = saved_trial_statuses(f"{cfg.storage_path.rstrip('/')}/{cfg.name}")
+    saved = saved_trial_statuses(cfg.experiment_path)
     if saved is None:  # nothing to restore: the studies start again
         return {}
     replay = [

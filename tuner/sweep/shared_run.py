@@ -150,7 +150,7 @@ def run_shared(
     # Ray Tune saves trial statuses and the searcher at most this often ("auto": adaptive);
     # what a crash loses since the last save is replayed, not rerun (``recorded``).
     os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = str(cfg.tune.state_save_s)
-    experiment = f"{cfg.storage_path.rstrip('/')}/{cfg.name}"
+    experiment = cfg.experiment_path
     restoring = restore and tune.Tuner.can_restore(experiment)
     replays = dict(recorded or {}) if restoring else {}
     # the restored searcher and logger read these by the sweep's name
