@@ -3,8 +3,8 @@
 One replay sweep (2 tasks × 2 methods, 4 configurations each, 3-epoch curves with test
 accuracies) is shared by the checks: each study picks its planted best, every trial, study
 and final run is in MLflow with the recorded curve, and the leaderboard shows the planted
-test accuracy. A second sweep replays the first one's MLflow experiment, is SIGKILLed after
-some trials finished, and ``--resume`` finishes it without running a finished trial again.
+test accuracy. A second sweep replays the first one's MLflow experiment, is SIGKILLed long after Ray
+Tune's last save, and ``--resume`` finishes it without running a finished trial again.
 """
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -23,7 +25,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from tests._sweep_helpers import start_sweep, trial_runs, wait_for_finished_trials
+from tests._sweep_helpers import run_statuses, start_sweep, wait_for_finished_trials
 from tuner.cli import app
 from tuner.replay.engine import replay_table
 from tuner.replay.settings import ReplaySettings
@@ -158,41 +160,92 @@ def test_a_task_or_configuration_not_in_the_table_is_refused_before_anything_run
     assert "nope" in message and "m1" in message
 
 
+def _trial_rows(db: Path) -> list[tuple[str, str, str, str, int | None, int]]:
+    """(study, trial id, run id, status, end time, metric rows) of every trial run."""
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as conn:
+        return conn.execute(
+            "SELECT s.value, t.value, r.run_uuid, r.status, r.end_time,"
+            " (SELECT COUNT(*) FROM metrics m WHERE m.run_uuid = r.run_uuid) FROM runs r"
+            " JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = 'trial_id'"
+            " JOIN tags s ON s.run_uuid = r.run_uuid AND s.key = 'study'"
+        ).fetchall()
+
+
 @pytest.fixture(scope="module")
 def resumed_from_experiment(planted, tmp_path_factory):
-    """A replay of the planted sweep's MLflow experiment, killed, then ``--resume``d."""
+    """A replay of the planted sweep's MLflow experiment, SIGKILLed long after Ray Tune's
+    last save, then ``--resume``d.
+
+    With ``tune.state_save_s: 600`` Ray Tune saves its state once, at the start, and never
+    again before the kill. One trial and one study at a time; the kill lands once the first
+    study has finished every trial and the second one has finished one: the first study
+    finished after the save (the restored state has it open), the second opened after it
+    (the restored state never heard of it or its trials). ``--resume`` must replay every
+    finished trial from MLflow (``tuner.sweep.recorded``): same run, same end time, not one
+    metric more."""
     source_root = planted[0]
     root = tmp_path_factory.mktemp("replay_resume")
-    sweep = sweep_file(root, "again", max_concurrent_trials=1, checkpoint_every=1)
+    sweep = sweep_file(root, "again", max_concurrent_trials=1, state_save_s=600)
     uri = f"sqlite:///{source_root / 'results' / 'mlflow.db'}"
     cmd = [str(BIN / "petl-sweep"), "run", str(sweep), "--replay-experiment", "planted",
            "--tracking-uri", uri, "--set", "replay.epoch_s=0.4",
            "--set", "resources.max_concurrent_studies=1", "--no-progress"]  # fmt: skip
     db, log = root / "results" / "mlflow.db", root / "first.log"
     first = start_sweep(cmd, log, f"replay-resume-{os.getpid()}")
-    wait_for_finished_trials(first, db, log, 3)
-    time.sleep(3)  # the kill lands mid-trial (those finished since the last save: replayed)
+    wait_for_finished_trials(first, db, log, 2)
+    deadline = time.time() + 300
+    while len({r[0] for r in _trial_rows(db) if r[3] == "FINISHED"}) < 2:
+        assert first.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+        time.sleep(0.2)
+    time.sleep(0.5)  # the kill lands mid-trial
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     time.sleep(2)
-    before = trial_runs(db)
+    before = _trial_rows(db)
     second = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=600,
                             cwd=root)  # fmt: skip
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     table = replay_table(ReplaySettings(experiment="planted", tracking_uri=uri))
-    return before, trial_runs(db), table
+    return root, db, before, _trial_rows(db), table, second.stdout
 
 
 def test_the_experiment_replay_resumes_without_rerunning_a_finished_trial(
     resumed_from_experiment,
 ):
-    before, after, table = resumed_from_experiment
-    finished = {t: v for t, v in before.items() if v[1] == "FINISHED"}
-    assert len(finished) >= 3
-    for trial_id, value in finished.items():
-        assert after[trial_id] == value, trial_id  # same run, same end: never run again
+    _, _, before, after, table, output = resumed_from_experiment
+    finished = [r for r in before if r[3] == "FINISHED"]
+    assert len({r[0] for r in finished}) >= 2, "the kill came after the second study opened"
+    for row in finished:
+        assert row in after, row  # same run, same end, not one metric more: never run again
+    assert max(Counter(r[1] for r in after).values()) == 1, "no trial has a second run"
+    # none of them was in Ray Tune's only save: each one was replayed, none trained again
+    assert f"replaying {len(finished)} trial(s)" in " ".join(output.split())
     # the table from MLflow: the planted sweep's trials that ran every epoch
-    grid = sum(len(table.configs(t, m)) for t, m in table.studies())
-    assert set(table.studies()) == set(BEST) and grid >= len(BEST)
-    done = [v for v in after.values() if v[1] == "FINISHED"]
-    assert len(done) == grid, "each recorded configuration exactly once"
+    grid = {(t, m): len(table.configs(t, m)) for t, m in table.studies()}
+    assert set(grid) == set(BEST) and all(n >= 1 for n in grid.values())
+    done = Counter(r[0] for r in after if r[3] == "FINISHED")
+    assert done == {f"{t}:{m}": n for (t, m), n in grid.items()}, "each configuration once"
+
+
+def test_each_resumed_study_ends_in_one_run_with_its_recorded_trials(resumed_from_experiment):
+    root, db, _, after, _, output = resumed_from_experiment
+    assert "RUNNING" not in run_statuses(db)  # the trial running at the kill: KILLED or lost
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    experiment = client.get_experiment_by_name("again").experiment_id
+    studies = [r for r in client.search_runs([experiment], "tags.stage = 'tune'")
+               if "trial_id" not in r.data.tags]  # fmt: skip
+    finished_ids = {r[1]: r[2] for r in after if r[3] == "FINISHED"}
+    assert sorted(r.data.tags["study"] for r in studies) == sorted(f"{t}:{m}" for t, m in BEST)
+    assert all(r.info.status == "FINISHED" for r in studies)
+    for study in studies:
+        summary = client.download_artifacts(study.info.run_id, "summary.json", str(root))
+        trials = json.loads(Path(summary).read_text())["trials"]
+        assert trials and all(t["trial_id"] in finished_ids for t in trials)
+        for t in trials:  # a replay ends with the accuracy its run recorded
+            run = client.get_run(finished_ids[t["trial_id"]])
+            assert t["val_acc"] == pytest.approx(run.data.metrics["val/acc"]), t["trial_id"]
+    finals = client.search_runs([experiment], "tags.stage = 'final'")
+    assert sorted(r.data.tags["study"] for r in finals) == sorted(
+        r.data.tags["study"] for r in studies
+    )
+    assert "leaderboard" in output.lower()
