@@ -150,6 +150,10 @@ def run_shared(
     # Ray Tune saves trial statuses and the searcher at most this often ("auto": adaptive);
     # what a crash loses since the last save is replayed, not rerun (``recorded``).
     os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = str(cfg.tune.state_save_s)
+    # Ray Tune's own JSON, CSV and TensorBoard files per trial duplicate what MLflow holds;
+    # flushing them on every result was a quarter of the Tune controller's time at scale
+    # (bench/RESULTS.md, study 000's plan through the engine)
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     experiment = cfg.experiment_path
     restoring = restore and tune.Tuner.can_restore(experiment)
     replays = dict(recorded or {}) if restoring else {}
