@@ -28,6 +28,7 @@ from typer.testing import CliRunner
 from tests._sweep_helpers import run_statuses, start_sweep, wait_for_finished_trials
 from tuner.cli import app
 from tuner.replay.engine import replay_table
+from tuner.replay.final import replay_final_run
 from tuner.replay.settings import ReplaySettings
 from tuner.replay.trial import replayed_curve
 
@@ -137,6 +138,32 @@ def test_a_replayed_trial_reports_its_value_at_every_epoch():
     assert replayed_curve([0.7], 4) == [0.7] * 4  # a final-only row
     assert replayed_curve([0.1, 0.2, 0.3], 2) == [0.1, 0.2]
     assert replayed_curve([0.1, 0.2], 4) == [0.1, 0.2, 0.2, 0.2]
+
+
+def test_a_replayed_final_run_looks_up_the_recorded_test_accuracy(tmp_path):
+    """A table with test accuracies gives the chosen configuration's; one without gives its
+    last val accuracy, flagged as not recorded."""
+    with_test = planted_table(tmp_path / "planted.csv")
+    winner, test = BEST[("demo/a", "m1")]
+    found = replay_final_run((str(with_test), None, ""), "demo/a", "m1", CONFIGS[winner], 0.0, 5)
+    assert (found.test_acc, found.recorded) == (pytest.approx(test), True)
+    assert found.wall_s >= 0 and found.node_id
+    frame = pd.read_csv(with_test).drop(columns=["test_acc"])
+    frame.to_csv(tmp_path / "val_only.csv", index=False)
+    source = (str(tmp_path / "val_only.csv"), None, "")
+    found = replay_final_run(source, "demo/a", "m1", CONFIGS[0], None, 5)
+    assert (found.test_acc, found.recorded) == (pytest.approx(curve(False, 0)[-1]), False)
+
+
+def test_replayed_trials_and_final_runs_import_no_torch():
+    """Their Ray workers import only these modules: torch in one would cost every replay
+    worker about 0.7 GB and seconds of CPU to report numbers it looks up."""
+    heavy = "('torch', 'timm', 'tuner.config')"
+    code = ("import sys, tuner.replay.trial, tuner.replay.final; "
+            f"print(sorted(m for m in {heavy} if m in sys.modules))")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, timeout=120)  # fmt: skip
+    assert done.stdout.strip() == "[]"
 
 
 def _refused(root: Path, data: dict, table: Path) -> str:

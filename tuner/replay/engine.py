@@ -14,9 +14,9 @@ parts swapped, each consulted in one place of the sweep layer when ``cfg.replay`
   value at every epoch), spends ``epoch_s`` per epoch, checkpoints by the sweep's
   ``CheckpointPolicy`` (the epoch reached, so ``--resume`` continues) and parks on the
   sweep's stop request like a training trial.
-* ``replay_final`` (``tuner.sweep.orchestrate``): a final run is the chosen configuration's
-  recorded ``test_acc`` (its recorded val accuracy where the table has no test column,
-  flagged by ``replay/test_recorded`` = 0); no weights and no predictions.
+* ``ReplayedFinals`` (``tuner.sweep.final.final_stage``): a final run is the chosen
+  configuration's recorded ``test_acc`` (its recorded val accuracy where the table has no
+  test column, flagged by ``replay/test_recorded`` = 0); no weights and no predictions.
 
 Why: a sweep's cost beyond training (scheduling, tracking, MLflow, the leaderboard) can be
 measured at the study's full size on a laptop, and a strategy can be dry-run before paying
@@ -26,18 +26,17 @@ for it.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from typing import Any
 
-import ray
-
 from tuner.config import SweepConfig
 from tuner.records import FinalResult, StudySummary
+from tuner.replay.final import ReplayedFinal, replay_final_run
 from tuner.replay.settings import ReplaySettings
 from tuner.replay.table import ReplayTable
-from tuner.replay.trial import Source, cached_table, epoch_seconds, make_trainable
+from tuner.replay.trial import Source, cached_table, make_trainable
 from tuner.sweep.checkpoints import CheckpointPolicy
+from tuner.sweep.final import FinalStage
 from tuner.sweep.plan import StudySpec, stable_seed
 from tuner.sweep.recorded import RecordedTrial
 from tuner.sweep.spaces import Domain
@@ -165,44 +164,41 @@ def replay_trainable(
 
 
 # -- the final stage ------------------------------------------------------------------------
-def replay_final(cfg: SweepConfig) -> Callable[[SweepConfig, StudySummary, int], FinalResult]:
-    """``run_final``'s replay twin: the chosen configuration's recorded ``test_acc``."""
-    table_of(cfg)  # fails here, in the driver, if the table cannot be read
+class ReplayedFinals(FinalStage):
+    """``run_final``'s replay twin: the chosen configuration's recorded ``test_acc``, looked
+    up in a torch-free Ray task (``tuner.replay.final``); the driver builds the result."""
 
-    def final(cfg: SweepConfig, study: StudySummary, seed_index: int) -> FinalResult:
-        assert study.best is not None, f"study {study.study} has no result to replay"
-        table = table_of(cfg)  # the worker's copy (the function stays small)
-        config = study.best.config
-        seed = cfg.seed + 1000 + seed_index
-        spec = trial_spec(cfg, study.task, study.method, config, "final", seed)
-        started = time.time()
-        assert cfg.replay is not None
-        override = cfg.replay.epoch_s
-        spend = epoch_seconds(table, study.task, study.method, config, override)
-        spend *= cfg.final_epochs
-        if spend:
-            time.sleep(spend)
-        test = table.test_acc(study.task, study.method, config)
-        recorded = test is not None
-        if test is None:  # no test column: the recorded val accuracy, flagged
-            test = table.curve(study.task, study.method, config)[-1]
+    def __init__(self, cfg: SweepConfig) -> None:
+        table_of(cfg)  # fails here, in the driver, if the table cannot be read
+        super().__init__(cfg, replay_final_run)
+        self.environment = {**environment_info(), "device": "replay"}
+
+    def submit(self, summary: StudySummary, seed_index: int) -> Any:
+        assert summary.best is not None, f"study {summary.study} has no result to replay"
+        assert self.cfg.replay is not None
+        source, epoch_s = source_of(self.cfg.replay), self.cfg.replay.epoch_s
+        return self.task.remote(source, summary.task, summary.method, summary.best.config,
+                                epoch_s, self.cfg.final_epochs)  # fmt: skip
+
+    def result(self, value: ReplayedFinal, summary: StudySummary, seed_index: int) -> FinalResult:
+        assert summary.best is not None
+        seed = self.cfg.seed + 1000 + seed_index
+        spec = trial_spec(self.cfg, summary.task, summary.method, summary.best.config,
+                          "final", seed)  # fmt: skip
         return FinalResult(
-            study=study.study,
+            study=summary.study,
             seed_index=seed_index,
             spec=spec,
             history=[],
-            test_acc=float(test),
+            test_acc=value.test_acc,
             trainable_params=0,
             trainable_params_without_head=0,
             peak_memory_mb=0.0,
-            wall_s=time.time() - started,
-            started_at=started,
-            environment={**environment_info(), "device": "replay"},
-            node_id=ray.get_runtime_context().get_node_id(),
+            wall_s=value.wall_s,
+            started_at=value.started_at,
+            environment=self.environment,
+            node_id=value.node_id,
             predictions=None,
             trainable_state={},
-            report_metrics={"replay/test_recorded": float(recorded)},
+            report_metrics={"replay/test_recorded": float(value.recorded)},
         )
-
-    final.__name__ = final.__qualname__ = f"replay_final_{cfg.name}"
-    return final

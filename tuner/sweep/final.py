@@ -134,10 +134,30 @@ def log_final(cfg: SweepConfig, tracker: Any, result: FinalResult, dataset: dict
     ray.get(tracker.end_run.remote(key, "FINISHED", {"outcome": "completed"}, end_time=end))
 
 
-def final_stage(cfg: SweepConfig) -> Callable[[SweepConfig, StudySummary, int], FinalResult]:
+class FinalStage:
+    """How the driver gets a study's final runs: ``submit`` starts one as a Ray task (any
+    node, the sweep's per-trial resources) and ``result`` turns what the task returned into
+    the ``FinalResult`` the driver logs. Here the task retrains (``run_final``) and returns
+    the result itself; a replay's stage (``tuner.replay.engine.ReplayedFinals``) looks a
+    number up in a torch-free task and builds the result on the driver."""
+
+    def __init__(self, cfg: SweepConfig, function: Callable[..., Any] = run_final) -> None:
+        self.cfg = cfg
+        self.task = ray.remote(max_retries=1)(function).options(
+            num_cpus=cfg.resources.cpus_per_trial, num_gpus=cfg.resources.gpus_per_trial
+        )
+
+    def submit(self, summary: StudySummary, seed_index: int) -> Any:
+        return self.task.remote(self.cfg, summary, seed_index)
+
+    def result(self, value: Any, summary: StudySummary, seed_index: int) -> FinalResult:
+        return value
+
+
+def final_stage(cfg: SweepConfig) -> FinalStage:
     """The retrain of a study's best config, or its recorded test accuracy in a replay."""
     if cfg.replay:
-        from tuner.replay.engine import replay_final
+        from tuner.replay.engine import ReplayedFinals
 
-        return replay_final(cfg)
-    return run_final
+        return ReplayedFinals(cfg)
+    return FinalStage(cfg)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,9 +101,7 @@ class SweepRun:
         self.tune_task = ray.remote(num_cpus=0, max_retries=0)(run_shared).options(
             scheduling_strategy=here
         )
-        self.final_task = ray.remote(max_retries=1)(final_stage(cfg)).options(
-            num_cpus=cfg.resources.cpus_per_trial, num_gpus=cfg.resources.gpus_per_trial
-        )
+        self.final_stage = final_stage(cfg)
         self.result = SweepResult()
         plan = reconcile(cfg, studies, self.tracker, resume)
         self.finished_finals = plan.finished_finals
@@ -122,7 +121,11 @@ class SweepRun:
                 cfg, plan.queue, resume, plan.adopted_trials, plan.recorded
             )
         self.next_events = self.events.next_events.remote(TICK_S)
-        self.finals: dict[Any, tuple[str, str]] = {}
+        #: final runs in flight: task → (study, seed index, final hash); per study, how
+        #: many are in flight and the test accuracies of those done (no scan per final)
+        self.finals: dict[Any, tuple[StudySummary, int, str]] = {}
+        self.finals_left: Counter[str] = Counter()
+        self.final_accs: dict[str, list[float]] = {}
         for summary in plan.reuse.values():
             self.result.reused_studies += 1
             self.study_done(summary, cached=True)
@@ -184,7 +187,8 @@ class SweepRun:
             if key in self.finished_finals:
                 self.result.reused_finals += 1
                 continue
-            self.finals[self.final_task.remote(self.cfg, summary, i)] = (summary.study, key)
+            self.finals[self.final_stage.submit(summary, i)] = (summary, i, key)
+            self.finals_left[summary.study] += 1
             pending = True
         status = ("cached" if cached else "final") if pending else "done"
         self.board.update.remote(summary.study, status=status, best=summary.best.val_acc)
@@ -198,9 +202,11 @@ class SweepRun:
         self.board.update.remote(study.key, status="failed")
 
     def final_done(self, ref: Any) -> None:
-        study_key, key = self.finals.pop(ref)
+        summary, seed_index, key = self.finals.pop(ref)
+        study_key = summary.study
+        self.finals_left[study_key] -= 1
         try:
-            result: FinalResult = ray.get(ref)
+            result = self.final_stage.result(ray.get(ref), summary, seed_index)
         except Exception as err:  # a final retrain that raised: the others go on
             self.result.failed[study_key] = f"final retrain: {first_line(err)}"
             self.board.update.remote(study_key, status="failed")
@@ -209,8 +215,9 @@ class SweepRun:
         log_final(self.cfg, self.tracker, result, self.datasets[result.spec.task])
         self.result.finals.append(result)
         self.finished_finals.add(key)
-        seeds = [r.test_acc for r in self.result.finals if r.study == study_key]
-        left = any(study == study_key for study, _ in self.finals.values())
+        seeds = self.final_accs.setdefault(study_key, [])
+        seeds.append(result.test_acc)
+        left = self.finals_left[study_key] > 0
         self.board.update.remote(
             study_key, final=sum(seeds) / len(seeds), status="final" if left else "done"
         )
