@@ -12,6 +12,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
+from tuner.config import ResourceSettings, SweepConfig
 from tuner.records import StudyEnded, StudyFailed, StudySummary
 from tuner.sweep.multiplex import (
     PREPARED,
@@ -25,6 +26,7 @@ from tuner.sweep.multiplex import (
     split_config,
 )
 from tuner.sweep.searcher import tpe_searcher
+from tuner.sweep.shared_run import open_limits
 
 
 class _Hooks:
@@ -269,3 +271,48 @@ def test_work_per_event_does_not_grow_with_the_sweep(monkeypatch):
     assert (closed_small, closed_large) == (20, 200)
     assert events_large > 9 * events_small  # ten times the trials ...
     assert large == small and large <= 12  # ... and the same bounded work for each
+
+
+class _Controller:
+    """Ray Tune's controller as a scheduler sees it, refusing the scan of every trial."""
+
+    def __init__(self, live) -> None:
+        self.live = live
+
+    def get_live_trials(self):
+        return list(self.live)  # a set in Ray Tune: no order to rely on
+
+    def get_trials(self):
+        raise AssertionError("a scan of every trial of the experiment")
+
+
+def test_the_scheduler_picks_the_first_waiting_trial_among_the_live_ones_only():
+    scheduler = MultiStudyScheduler(FIFOScheduler)
+    trials = [_trial(str(i), "a" if i % 2 else "b") for i in range(5)]
+    for trial, status in zip(trials, ("RUNNING", "PAUSED", "PENDING", "PAUSED", "PENDING"),
+                             strict=True):  # fmt: skip
+        trial.status = status
+        scheduler.on_trial_add(None, trial)
+    controller = _Controller(trials[::-1])
+    assert scheduler.choose_trial_to_run(controller) is trials[2]  # pending before paused
+    controller.live = [t for t in trials if t.status != "PENDING"]
+    assert scheduler.choose_trial_to_run(controller) is trials[1]  # then the first paused
+    controller.live = trials[:1]
+    assert scheduler.choose_trial_to_run(controller) is None
+    for trial in trials[:3]:
+        scheduler.on_trial_complete(None, trial, {"val/acc": 0.5, "training_iteration": 1})
+    scheduler.on_trial_remove(None, trials[3])
+    assert list(scheduler.added) == ["4"]  # only live trials are remembered
+
+
+def test_open_studies_leave_trials_waiting_for_every_slot():
+    """Twice the slots' trials can be in flight: an ending trial's actor always finds a
+    waiting trial to run next (Ray Tune reuses it), plus two studies' worth draining."""
+    cfg = SweepConfig.model_validate({"name": "s", "tasks": ["synth/objects"], "methods": ["lora"],
+                                      "tune": {"max_concurrent_trials": 8}})  # fmt: skip
+    assert open_limits(cfg, {"CPU": 16}) == (8, 6)
+    assert open_limits(cfg, {"CPU": 8}) == (8, 4)
+    per_study, max_open = open_limits(cfg, {"CPU": 3})
+    assert per_study * (max_open - 2) >= 2 * 3
+    pinned = cfg.model_copy(update={"resources": ResourceSettings(max_concurrent_studies=1)})
+    assert open_limits(pinned, {"CPU": 16}) == (8, 1)

@@ -77,7 +77,10 @@ class ResourceSettings(Strict):
     cpus_per_trial: float = Field(1, gt=0)
     gpus_per_trial: float = Field(0, ge=0, description="fractions share one GPU, e.g. 0.25")
     max_concurrent_studies: int | None = Field(
-        None, ge=1, description="studies open at once; default: enough to fill every slot, plus one"
+        None,
+        ge=1,
+        description="studies open at once; default: enough for twice the slots' trials, plus "
+        "two (trials wait for a slot, so Ray Tune reuses each ending trial's actor)",
     )
     autoscaling: bool | None = Field(
         None,

@@ -391,6 +391,9 @@ class MultiStudyScheduler(FIFOScheduler):
         super().__init__()
         self.make, self.searcher = make, searcher
         self.by_study: dict[str, TrialScheduler] = {}
+        #: live trial id → the order it was added in (FIFO among the live trials)
+        self.added: dict[str, int] = {}
+        self.sequence = 0
 
     def _of(self, trial: Any) -> TrialScheduler:
         key = study_of(trial.config)
@@ -402,7 +405,19 @@ class MultiStudyScheduler(FIFOScheduler):
         return True  # each study's scheduler was built with its metric and mode
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        self.added[trial.trial_id], self.sequence = self.sequence, self.sequence + 1
         self._of(trial).on_trial_add(tune_controller, trial)
+
+    def choose_trial_to_run(self, tune_controller: Any) -> Any:
+        """FIFO's choice (the first pending trial, else the first paused one, in the order
+        they were added) among the live trials only. FIFO's own scans every trial of the
+        experiment on each step of Ray Tune's loop, a cost that grows with the sweep."""
+        live = tune_controller.get_live_trials()
+        for status in (Trial.PENDING, Trial.PAUSED):
+            ready = [t for t in live if t.status == status]
+            if ready:
+                return min(ready, key=lambda t: self.added.get(t.trial_id, -1))
+        return None
 
     def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
         text = trial_error(trial)
@@ -417,7 +432,9 @@ class MultiStudyScheduler(FIFOScheduler):
         return TrialScheduler.CONTINUE if result.get(FLAG) else decision
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        self.added.pop(trial.trial_id, None)
         self._of(trial).on_trial_complete(tune_controller, trial, result)
 
     def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
+        self.added.pop(trial.trial_id, None)
         self._of(trial).on_trial_remove(tune_controller, trial)
