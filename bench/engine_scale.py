@@ -12,7 +12,8 @@ the last 1,000 trials (tenths at ``--quick``) and their ratio; peak memory of th
 the tuning task (Ray Tune's controller) and the tracker actor; ``petl-sweep leaderboard``'s
 time on the store; and that every trial, study and final run is in MLflow.
 
-Usage: ``python bench/engine_scale.py [--quick] [--kill-at F] [--workdir DIR] [--out FILE]``.
+Usage: ``python bench/engine_scale.py [--quick] [--slots N] [--epoch-s S] [--kill-at F]
+[--workdir DIR] [--out FILE]``.
 ``--quick`` replays 2 tasks × 16 methods (32 studies, about a tenth of the trials).
 ``--kill-at 0.5`` SIGKILLs the sweep (its whole process group, as a lost machine would) once
 half its trials finished, then runs ``--resume``: the result adds the resume's wall time and
@@ -46,7 +47,9 @@ TABLE = "petl_vision_vtab1k"
 ROLES = {"tracker": "ray::BufferedTracker", "tuning": "ray::run_shared"}
 
 
-def sweep_config(workdir: Path, quick: bool, epochs: int, slots: int) -> dict[str, Any]:
+def sweep_config(
+    workdir: Path, quick: bool, epochs: int, slots: int, epoch_s: float = 0.0
+) -> dict[str, Any]:
     """The study-000 plan as a replay sweep (``--quick``: its first 2 tasks)."""
     from tuner.config import ReplaySettings
     from tuner.replay.engine import replay_table
@@ -55,7 +58,7 @@ def sweep_config(workdir: Path, quick: bool, epochs: int, slots: int) -> dict[st
     tasks = list(dict.fromkeys(t for t, _ in table.studies()))
     return {
         "name": "engine_scale",
-        "replay": {"table": TABLE, "epoch_s": 0.0},
+        "replay": {"table": TABLE, "epoch_s": epoch_s},
         "tasks": tasks[:2] if quick else tasks,
         "methods": ["*"],
         "out_dir": str(workdir / "results"),
@@ -190,9 +193,14 @@ def per_trial_times(ends_ms: list[int], window: int) -> dict[str, float]:
 
 
 def run(
-    workdir: Path, quick: bool, epochs: int, slots: int, kill_at: float = 0.0
+    workdir: Path,
+    quick: bool,
+    epochs: int,
+    slots: int,
+    kill_at: float = 0.0,
+    epoch_s: float = 0.0,
 ) -> dict[str, Any]:
-    cfg = sweep_config(workdir, quick, epochs, slots)
+    cfg = sweep_config(workdir, quick, epochs, slots, epoch_s)
     path = workdir / "sweep.yaml"
     path.write_text(yaml.safe_dump(cfg))
     from tuner.config import load_config
@@ -237,6 +245,8 @@ def run(
     return {
         "command": "python bench/engine_scale.py"
         + (" --quick" if quick else "")
+        + (f" --slots {slots}" if slots != 16 else "")
+        + (f" --epoch-s {epoch_s:g}" if epoch_s else "")
         + (f" --kill-at {kill_at:g}" if kill_at else ""),
         "machine": f"{platform.node()}: {psutil.cpu_count()} CPUs, "
         f"{psutil.virtual_memory().total / 2**30:.0f} GiB, {platform.platform()}",
@@ -245,6 +255,7 @@ def run(
         "trials": expected,
         "epochs": epochs,
         "slots": slots,
+        "epoch_s": epoch_s,
         "wall_s": wall,
         "per_trial": per_trial_times(ends, 1000 if not quick else len(ends) // 10),
         "peak_rss_mib": {k: v / 2**20 for k, v in memory.peak.items()},
@@ -260,6 +271,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 tasks × 16 methods")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--slots", type=int, default=16)
+    parser.add_argument(
+        "--epoch-s", type=float, default=0.0,
+        help="seconds each replayed epoch takes (0: trials only report; the controller sets "
+        "the pace and no trial ever waits for a slot)",
+    )  # fmt: skip
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument(
@@ -269,7 +285,7 @@ def main() -> None:
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="engine_scale-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    result = run(workdir.resolve(), args.quick, args.epochs, args.slots, args.kill_at)
+    result = run(workdir.resolve(), args.quick, args.epochs, args.slots, args.kill_at, args.epoch_s)
     name = "engine_scale" + ("_quick" if args.quick else "") + ("_resume" if args.kill_at else "")
     out = args.out or Path(__file__).with_name(f"{name}.json")
     out.write_text(json.dumps(result, indent=2) + "\n")
