@@ -4,8 +4,10 @@ The driver's loop, shaped like Syne Tune's: it waits on three things at once (th
 task, the final retrains in flight, the study event queue) and handles one at a time. A
 study reaches the driver exactly once, as a typed event (``StudyEnded`` / ``StudyFailed``)
 from the searcher that decides its life (``tuner.sweep.multiplex``); its final retrains
-start at once, while later studies tune. When the tuning task returns, a study it never
-announced is failed with the reason. Work per event is O(1) in the sweep's size.
+are submitted at once and run when Ray has a slot for them (while trials wait for every
+slot, that is at the tuning's tail: no slot is idle either way). When the tuning task
+returns, a study it never announced is failed with the reason. Work per event is O(1) in
+the sweep's size.
 
 What a re-run reuses is decided once, before anything runs (``tuner.sweep.reconcile``).
 Ctrl-C and SIGTERM take one clean path (``tuner.sweep.shutdown``).

@@ -3,9 +3,9 @@
 ``run_shared`` is the body of one Ray task on the driver's node. It builds the ``Tuner``
 (``tuner.sweep.multiplex``'s searcher and scheduler, the sweep's trainable, the MLflow
 logger), runs it, and returns a ``TuningOutcome``. Studies reach the driver only as events
-(``tuner.sweep.events``), each exactly once, as they end; their final retrains start while
-later studies tune. ``StudyLife`` is what the searcher calls to open, close and announce a
-study: the MLflow side of a study's life, in one picklable object.
+(``tuner.sweep.events``), each exactly once, as they end; their final retrains are submitted
+then, while later studies tune. ``StudyLife`` is what the searcher calls to open, close and
+announce a study: the MLflow side of a study's life, in one picklable object.
 """
 
 from __future__ import annotations
