@@ -194,6 +194,20 @@ def test_final_runs_carry_their_real_duration_and_the_experiment_opens_on_runs(s
         assert duration > 1.0  # a retrain, not the instant of logging it
 
 
+def test_each_run_logs_the_sums_of_its_epoch_times_at_its_end(sweep):
+    """What the slot utilisation reads instead of every run's metric history."""
+    tracker = TrackingService(*_store(sweep))
+    runs = [r for r in tracker.find({"sweep": sweep[0].name})
+            if PARENT_RUN_TAG in r["tags"] or r["tags"].get("stage") == "final"]  # fmt: skip
+    assert runs
+    for run in runs:
+        for name in ("epoch_time_s", "eval_time_s", "checkpoint_s"):
+            history = tracker.client.get_metric_history(run["run_id"], name)
+            total = run["metrics"][f"{name}_total"]
+            assert total == pytest.approx(sum(m.value for m in history), abs=1e-6), name
+        assert run["metrics"]["epoch_time_s_total"] > 0
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 _UNITS = {"ms": 0.001, "s": 1.0, "min": 60.0, "h": 3600.0}
 

@@ -11,7 +11,9 @@ from tuner.tracking.client import TrackingService
 T0 = 1_000_000.0
 
 
-def test_busy_and_in_epoch_fractions_count_only_this_sweeps_trials_and_finals(tmp_path):
+def test_busy_and_in_epoch_fractions_count_only_this_sweeps_trials_and_finals(
+    tmp_path, monkeypatch
+):
     tracker = TrackingService(f"sqlite:///{tmp_path / 'm.db'}", "util")
     tags = {"sweep": "s", "stage": "tune"}
     tracker.start_run("study", "study", tags, start_time=T0)  # bookkeeping: not counted
@@ -24,17 +26,31 @@ def test_busy_and_in_epoch_fractions_count_only_this_sweeps_trials_and_finals(tm
     tracker.start_run("f", "final", {"sweep": "s", "stage": "final"}, start_time=T0 + 40)
     tracker.log_metrics("f", {"epoch_time_s": 15.0}, 1)
     tracker.end_run("f", end_time=T0 + 60)
+    # logged since the totals: its sums, one value each, and no history to read
+    tracker.start_run("c", "c", tags, parent="study", start_time=T0 + 10)
+    totals = {"epoch_time_s_total": 9.0, "eval_time_s_total": 3.0, "checkpoint_s_total": 1.0}
+    tracker.log_metrics("c", totals, 0)
+    tracker.end_run("c", end_time=T0 + 30)
     tracker.start_run("old", "old", tags, parent="study", start_time=T0 - 100)  # reused
     tracker.end_run("old", end_time=T0 - 50)
     tracker.start_run("lb", "leaderboard", {"sweep": "s", "stage": "leaderboard"}, start_time=T0)
     tracker.end_run("lb", end_time=T0 + 61)
+    histories = []
+    read = tracker.client.get_metric_history
+
+    def counted(run_id, name):
+        histories.append(run_id)
+        return read(run_id, name)
+
+    monkeypatch.setattr(tracker.client, "get_metric_history", counted)
     use = slot_utilisation(tracker, "s", started=T0, wall_s=50.0, slot_count=2)
-    assert use["runs"] == 3
-    assert use["busy_slot_s"] == pytest.approx(40 + 20 + 20)
-    assert use["in_epoch_slot_s"] == pytest.approx(30 + 16 + 15)
-    assert use["busy_fraction"] == pytest.approx(80 / 100)
-    assert use["in_epoch_fraction"] == pytest.approx(61 / 100)
-    assert use["checkpoint_slot_s"] == pytest.approx(5 * 0.5)
+    assert use["runs"] == 4
+    assert use["busy_slot_s"] == pytest.approx(40 + 20 + 20 + 20)
+    assert use["in_epoch_slot_s"] == pytest.approx(30 + 16 + 15 + 12)
+    assert use["busy_fraction"] == pytest.approx(100 / 100)
+    assert use["in_epoch_fraction"] == pytest.approx(73 / 100)
+    assert use["checkpoint_slot_s"] == pytest.approx(5 * 0.5 + 1.0)
+    assert len(histories) == 3 * 3  # a, b and f have no totals; c is read from the search
     # the study's first trial started 0 s after it; opening the study took 1.5 s
     assert use["study_wait_median_s"] == 0.0 and use["study_setup_median_s"] == 1.5
 

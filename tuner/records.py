@@ -31,6 +31,16 @@ LOGGED = (
     "trainable_params",
     "trainable_params_without_head",
 )
+#: Per-epoch times whose sums a run logs once at its end (``<name>_total``), so the
+#: sweep's slot utilisation reads one value per run instead of every run's history.
+EPOCH_TIMES = ("epoch_time_s", "eval_time_s", "checkpoint_s")
+
+
+def time_totals(epochs: list[dict[str, Any]]) -> dict[str, float]:
+    """``<name>_total`` of each of ``EPOCH_TIMES`` over a run's epochs (results)."""
+    return {f"{k}_total": float(sum(e.get(k, 0.0) for e in epochs)) for k in EPOCH_TIMES}
+
+
 #: Suffix of the metric a method's ``prepare`` pass reports (1 = reused, 0 = computed).
 REUSED_SUFFIX = "_reused"
 

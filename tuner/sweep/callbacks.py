@@ -20,7 +20,7 @@ import ray
 from ray import tune
 
 from tuner.config import SweepConfig
-from tuner.records import METRIC, first_line, logged_metrics, trial_outcome
+from tuner.records import METRIC, first_line, logged_metrics, time_totals, trial_outcome
 from tuner.sweep.events import actor_name
 from tuner.sweep.multiplex import WARM, split_config, study_of, trial_error
 from tuner.sweep.plan import StudySpec
@@ -43,6 +43,8 @@ class MLflowTrialCallback(tune.Callback):
         self.tags = {key: study_tags(cfg, study) for key, study in studies.items()}
         self.fixed = {key: dict(study.fixed) for key, study in studies.items()}
         self.started: set[str] = set()
+        #: live trial id → the sums of its epochs' times, logged at its end (EPOCH_TIMES)
+        self.times: dict[str, dict[str, float]] = {}
         self._actors: dict[str, Any] = {}
 
     def __getstate__(self) -> dict[str, Any]:
@@ -93,6 +95,9 @@ class MLflowTrialCallback(tune.Callback):
         if result.get(FLAG):
             return
         metrics = logged_metrics(result)
+        sums = self.times.setdefault(trial.trial_id, {})
+        for name, total in time_totals([result]).items():
+            sums[name] = sums.get(name, 0.0) + total
         self.tracker.log_metrics.remote(
             self._key(trial), metrics, int(result["training_iteration"])
         )
@@ -103,7 +108,8 @@ class MLflowTrialCallback(tune.Callback):
             self.board.trial_done.remote(study_of(trial.config), outcome, trial.last_result[METRIC])
             return
         hours = trial.last_result.get("time_total_s", 0.0) * self.devices_per_trial / 3600
-        self.tracker.log_metrics.remote(self._key(trial), {"device_hours": hours}, 0)
+        totals = self.times.pop(trial.trial_id, {})
+        self.tracker.log_metrics.remote(self._key(trial), {"device_hours": hours, **totals}, 0)
         self.tracker.end_run.remote(
             self._key(trial),
             "FAILED" if outcome == "diverged" else "FINISHED",
@@ -121,6 +127,9 @@ class MLflowTrialCallback(tune.Callback):
         if is_replay(trial, published(self.sweep)):
             self.board.trial_done.remote(study_of(trial.config), "error")
             return
+        totals = self.times.pop(trial.trial_id, {})
+        if totals:
+            self.tracker.log_metrics.remote(self._key(trial), totals, 0)
         self.tracker.end_run.remote(
             self._key(trial), "FAILED", {"outcome": "error", "error": error[:500]}
         )

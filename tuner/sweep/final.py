@@ -15,7 +15,7 @@ from typing import Any
 import ray
 
 from tuner.config import SweepConfig
-from tuner.records import LOGGED, FinalResult, StudySummary, variant_tag
+from tuner.records import LOGGED, FinalResult, StudySummary, time_totals, variant_tag
 from tuner.sweep.specs import trial_spec
 from tuner.sweep.study import protocol_hash, replay_tag
 from tuner.tracking.artifacts import environment_info, predictions_bytes, trainable_bytes
@@ -113,6 +113,7 @@ def log_final(cfg: SweepConfig, tracker: Any, result: FinalResult, dataset: dict
             **result.shift_acc,
             **result.report_metrics,
             "device_hours": result.wall_s * cfg.devices_per_trial / 3600,
+            **time_totals(result.history),
         },
         spec.epochs,
     )
