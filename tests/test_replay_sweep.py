@@ -132,6 +132,7 @@ def test_the_leaderboard_shows_the_planted_test_accuracy(planted):
     markdown = (root / "results" / "planted" / "leaderboard.md").read_text()
     assert "**94.0**" in markdown and "81.0" in markdown
     assert "leaderboard" in output.lower()
+    assert "champions not registered: a replay's final runs have no weights" in output
 
 
 def test_a_replayed_trial_reports_its_value_at_every_epoch():
@@ -276,3 +277,4 @@ def test_each_resumed_study_ends_in_one_run_with_its_recorded_trials(resumed_fro
         r.data.tags["study"] for r in studies
     )
     assert "leaderboard" in output.lower()
+    assert "champions not registered: a replay's final runs have no weights" in output

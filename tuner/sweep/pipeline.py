@@ -98,7 +98,10 @@ def run_pipeline(
         soft_wrap=True,
         highlight=False,
     )
-    if cfg.final.register_champions and result.finals:
+    if cfg.final.register_champions and result.finals and cfg.replay:
+        console.print("champions not registered: a replay's final runs have no weights",
+                      soft_wrap=True, markup=False, highlight=False)  # fmt: skip
+    elif cfg.final.register_champions and result.finals:
         register_champions(cfg, console)
     report_failures(result, console)
     return result
