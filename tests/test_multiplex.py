@@ -19,12 +19,12 @@ from tuner.sweep.multiplex import (
     STUDY,
     WARM,
     Closing,
-    MultiStudyScheduler,
     MultiStudySearcher,
     Opened,
     StudyState,
     split_config,
 )
+from tuner.sweep.scheduler import MultiStudyScheduler
 from tuner.sweep.searcher import tpe_searcher
 from tuner.sweep.shared_run import open_limits
 

@@ -21,7 +21,6 @@ from tuner.records import StudySummary
 from tuner.sweep.multiplex import (
     STUDY,
     Closing,
-    MultiStudyScheduler,
     MultiStudySearcher,
     Opened,
     split_config,
@@ -29,6 +28,7 @@ from tuner.sweep.multiplex import (
 from tuner.sweep.plan import StudySpec
 from tuner.sweep.reconcile import recorded_trial
 from tuner.sweep.recorded import FLAG, RECORDED, RecordedTrial, is_replay
+from tuner.sweep.scheduler import MultiStudyScheduler
 from tuner.sweep.searcher import tpe_searcher
 from tuner.sweep.spaces import Domain
 

@@ -22,9 +22,10 @@ from ray import tune
 from tuner.config import SweepConfig
 from tuner.records import METRIC, first_line, logged_metrics, time_totals, trial_outcome
 from tuner.sweep.events import actor_name
-from tuner.sweep.multiplex import WARM, split_config, study_of, trial_error
+from tuner.sweep.multiplex import WARM, split_config, study_of
 from tuner.sweep.plan import StudySpec
 from tuner.sweep.recorded import FLAG, is_replay, published
+from tuner.sweep.scheduler import trial_error
 from tuner.sweep.study import study_tags
 from tuner.sweep.warm_start import WARM_TAG
 

@@ -25,9 +25,10 @@ from tuner.records import METRIC, StudySummary
 from tuner.sweep.callbacks import MLflowTrialCallback
 from tuner.sweep.checkpoints import CheckpointPolicy
 from tuner.sweep.events import EventSink, actor_name
-from tuner.sweep.multiplex import Closing, MultiStudyScheduler, MultiStudySearcher, Opened
+from tuner.sweep.multiplex import Closing, MultiStudySearcher, Opened
 from tuner.sweep.plan import StudySpec
 from tuner.sweep.recorded import RecordedTrial, owed, publish, published
+from tuner.sweep.scheduler import MultiStudyScheduler
 from tuner.sweep.specs import trial_spec
 from tuner.sweep.study import close_study, open_study, study_run_tags, study_total
 from tuner.sweep.trainable import sweep_trainable
