@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tuner.sweep.orchestrate import outage_news
-from tuner.tracking.buffered import BufferedTracker, TrackingError, transient
+from tuner.tracking.buffered import BufferedTracker, TrackingError, outage_news, transient
 
 
 class Outage:

@@ -50,7 +50,7 @@ from tuner.sweep.shared_run import TuningOutcome, run_shared
 from tuner.sweep.shutdown import StopRequest, SweepInterrupted
 from tuner.sweep.study import study_run_tags
 from tuner.sweep.utilisation import slots
-from tuner.tracking.buffered import TrackingError
+from tuner.tracking.buffered import TrackingError, outage_news
 from tuner.tracking.client import check_access
 from tuner.tracking.lease import SweepLease
 from tuner.tracking.store import ensure_store
@@ -288,24 +288,6 @@ class SweepRun:
 
     def snapshot(self) -> dict[str, Any]:
         return ray.get(self.board.snapshot.remote())
-
-
-def outage_news(
-    status: dict[str, Any], outages_seen: int, was_down: bool
-) -> tuple[list[str], int, bool]:
-    """What to tell the user about MLflow since the last check: (lines, outages, down).
-
-    ``status`` is the tracker's (``down`` now, ``outages`` ever), so an outage that began
-    and ended between two checks still gets both lines."""
-    messages = []
-    down = was_down
-    if status["outages"] > outages_seen and not down:
-        messages.append("MLflow is unreachable: buffering tracking writes (nothing is lost)")
-        down = True
-    if down and not status["down"]:
-        messages.append("MLflow is reachable again: buffered writes flushed")
-        down = False
-    return messages, max(outages_seen, status["outages"]), down
 
 
 def run_sweep(

@@ -288,3 +288,21 @@ class BufferedTracker:
 
     def metric_history(self, run_id: str, name: str) -> list[tuple[int, float]]:
         return self._read("metric_history", run_id, name)
+
+
+def outage_news(
+    status: dict[str, Any], outages_seen: int, was_down: bool
+) -> tuple[list[str], int, bool]:
+    """What to tell the user about MLflow since the last check: (lines, outages, down).
+
+    ``status`` is the tracker's (``down`` now, ``outages`` ever), so an outage that began
+    and ended between two checks still gets both lines."""
+    messages = []
+    down = was_down
+    if status["outages"] > outages_seen and not down:
+        messages.append("MLflow is unreachable: buffering tracking writes (nothing is lost)")
+        down = True
+    if down and not status["down"]:
+        messages.append("MLflow is reachable again: buffered writes flushed")
+        down = False
+    return messages, max(outages_seen, status["outages"]), down
