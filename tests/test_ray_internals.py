@@ -81,6 +81,10 @@ def test_interrupt_reaches_a_tune_loop_in_another_process(tmp_path):
     # what --resume reads to find the trials the restore holds unfinished (RUNNING: continued)
     assert saved_trial_statuses(str(saved)) == {trial_id: "RUNNING"}
     assert saved_trial_statuses(str(tmp_path / "none")) is None
+    # remote storage (s3://, gs://) is read through pyarrow.fs, as Ray Tune writes it: file://
+    # takes the same path here
+    assert saved_trial_statuses(saved.as_uri()) == {trial_id: "RUNNING"}
+    assert saved_trial_statuses((tmp_path / "none").as_uri()) is None
     newest = sorted(saved.glob("experiment_state-*.json"))[-1]
     newest.write_text(newest.read_text()[:100])  # as a full disk leaves it
     assert not saved_state_readable(str(saved))

@@ -31,8 +31,11 @@ import json
 import os
 import signal
 from collections.abc import Iterator
+from fnmatch import fnmatch
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.fs as pafs
 from ray._private import ray_constants
 
 
@@ -57,20 +60,31 @@ def interrupt_tuner(pid: int) -> bool:
 
 
 def _newest_state(experiment: str) -> dict | None:
-    states = sorted(Path(experiment).glob("experiment_state-*.json"))
-    if not states:
-        return None
+    """The newest ``experiment_state-*.json`` under ``experiment``, parsed: a local folder,
+    or any URI ``pyarrow.fs`` opens (``s3://``, ``gs://``, ``file://``: where Ray Tune's
+    ``storage_path`` puts it, through the same library). None when there is none, the
+    storage cannot be listed, or the file does not parse."""
     try:
-        return json.loads(states[-1].read_text())
-    except (OSError, ValueError):
+        if "://" in experiment:
+            fs, root = pafs.FileSystem.from_uri(experiment)
+        else:
+            fs, root = pafs.LocalFileSystem(), str(Path(experiment).resolve())
+        found = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+        states = sorted(
+            i.path for i in found
+            if i.type == pafs.FileType.File and fnmatch(i.base_name, "experiment_state-*.json")
+        )  # fmt: skip
+        if not states:
+            return None
+        with fs.open_input_stream(states[-1]) as stream:
+            return json.loads(stream.read())
+    except (OSError, ValueError, pa.ArrowException):
         return None
 
 
 def saved_trial_statuses(experiment: str) -> dict[str, str] | None:
     """Trial id → status (PENDING, RUNNING, TERMINATED, ERROR...) in the newest saved state
-    of ``experiment`` (a local folder); None when there is none to restore, or it is remote."""
-    if "://" in experiment:
-        return None
+    of ``experiment`` (a folder or a storage URI); None when there is none to restore."""
     state = _newest_state(experiment)
     if state is None:
         return None
