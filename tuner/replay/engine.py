@@ -36,7 +36,7 @@ from tuner.replay.settings import ReplaySettings
 from tuner.replay.table import ReplayTable
 from tuner.replay.trial import Source, cached_table, make_trainable
 from tuner.sweep.checkpoints import CheckpointPolicy
-from tuner.sweep.final import FinalStage
+from tuner.sweep.final import FinalStage, final_seed
 from tuner.sweep.plan import StudySpec, stable_seed
 from tuner.sweep.recorded import RecordedTrial
 from tuner.sweep.spaces import Domain
@@ -182,9 +182,8 @@ class ReplayedFinals(FinalStage):
 
     def result(self, value: ReplayedFinal, summary: StudySummary, seed_index: int) -> FinalResult:
         assert summary.best is not None
-        seed = self.cfg.seed + 1000 + seed_index
         spec = trial_spec(self.cfg, summary.task, summary.method, summary.best.config,
-                          "final", seed)  # fmt: skip
+                          "final", final_seed(self.cfg, seed_index))  # fmt: skip
         return FinalResult(
             study=summary.study,
             seed_index=seed_index,

@@ -24,6 +24,11 @@ from tuner.training.trainer import train_one
 from tuner.util import content_hash
 
 
+def final_seed(cfg: SweepConfig, seed_index: int) -> int:
+    """The seed of a study's ``seed_index``-th final run (apart from every tuning seed)."""
+    return cfg.seed + 1000 + seed_index
+
+
 def run_final(cfg: SweepConfig, study: StudySummary, seed_index: int) -> FinalResult:
     """Retrain the study's best config on train800val200 and report test accuracy."""
     assert study.best is not None, f"study {study.study} has no result to retrain"
@@ -33,7 +38,7 @@ def run_final(cfg: SweepConfig, study: StudySummary, seed_index: int) -> FinalRe
         study.method,
         study.best.config,
         "final",
-        cfg.seed + 1000 + seed_index,
+        final_seed(cfg, seed_index),
         prepared_uri=study.prepared_uri,
     )
     started = time.time()
