@@ -355,7 +355,7 @@ def test_32_concurrent_trials_lose_no_write(server, tmp_path):
     PostgreSQL-backed server: every run FINISHED, every metric step and artifact there, and
     the per-call latency is measured (bench/tracking_load.py prints the same at full size)."""
     bench = _load_bench()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         figures = bench.run_load(server["url"], tmp_path, trials=32, epochs=4)
     finally:
@@ -375,7 +375,7 @@ def test_trials_at_a_steady_rate_lose_no_write(server, tmp_path):
     through the sweep's tracker actor; every write is read back from the server, and the
     tracker merged the epochs (fewer log_batch requests than epochs reported)."""
     bench = _load_bench()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         figures = bench.run_rate(server["url"], tmp_path, 16, 3.0, 2.0, flush_every=1.0)
     finally:

@@ -117,7 +117,7 @@ def test_autoscaler_reason_without_a_report():
 def test_a_real_local_ray_with_two_cpus_refuses_four_per_trial():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         config = cfg(cpus_per_trial=4)
         assert not cluster_autoscales(config)

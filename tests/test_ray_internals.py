@@ -49,7 +49,7 @@ def test_interrupt_reaches_a_tune_loop_in_another_process(tmp_path):
                 time.sleep(0.1)
                 tune.report({{"i": i}})
 
-        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
         print("pid", os.getpid(), flush=True)
         tuner = tune.Tuner(slow, run_config=tune.RunConfig(
             name="stop", storage_path={str(tmp_path)!r}, verbose=0))

@@ -25,8 +25,12 @@ def init_ray(cfg: SweepConfig) -> bool:
     if address:
         ray.init(address=address, log_to_driver=False)
         return False
+    # "local": a new Ray of its own, never a ``ray start`` cluster that happens to run here
+    # (a plain ``ray.init()`` joins the newest one it finds under /tmp/ray).
     with loopback_only():
-        ray.init(num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=False)
+        ray.init(
+            address="local", num_cpus=cfg.ray.num_cpus, include_dashboard=False, log_to_driver=False
+        )
     return True
 
 
