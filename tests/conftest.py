@@ -96,14 +96,11 @@ def mini_sweep(tmp_path_factory):
     return cfg, result, runs, (root / "console.txt").read_text()
 
 
-#: Test files that read the one session-scoped ``mini_sweep``: on one xdist worker, it runs once.
-MINI_SWEEP_FILES = {"test_e2e_sweep.py", "test_deliver_e2e.py"}
-
-
 def pytest_collection_modifyitems(items):
     """Keep each test file on one xdist worker (``--dist loadgroup``): its module fixtures are
-    whole sweeps, which a worker each would run twice. The files sharing ``mini_sweep`` form
-    one group, so that sweep too runs once."""
+    whole sweeps, which a worker each would run twice. The files whose tests read the
+    session-scoped ``mini_sweep`` form one group, so that sweep too runs once."""
+    shared = {item.path for item in items if "mini_sweep" in item.fixturenames}
     for item in items:
-        name = item.path.name
-        item.add_marker(pytest.mark.xdist_group("mini_sweep" if name in MINI_SWEEP_FILES else name))
+        group = "mini_sweep" if item.path in shared else item.path.name
+        item.add_marker(pytest.mark.xdist_group(group))
