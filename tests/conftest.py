@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -96,11 +98,34 @@ def mini_sweep(tmp_path_factory):
     return cfg, result, runs, (root / "console.txt").read_text()
 
 
-def pytest_collection_modifyitems(items):
-    """Keep each test file on one xdist worker (``--dist loadgroup``): its module fixtures are
-    whole sweeps, which a worker each would run twice. The files whose tests read the
-    session-scoped ``mini_sweep`` form one group, so that sweep too runs once."""
-    shared = {item.path for item in items if "mini_sweep" in item.fixturenames}
-    for item in items:
-        group = "mini_sweep" if item.path in shared else item.path.name
-        item.add_marker(pytest.mark.xdist_group(group))
+def _files_using(fixture: str, folder: Path) -> set[str]:
+    """Test files with a function (test or fixture) that takes ``fixture`` as an argument."""
+    found = set()
+    for path in folder.glob("test_*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.FunctionDef) and fixture in {a.arg for a in node.args.args}:
+                found.add(path.name)
+                break
+    return found
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Each test file runs on one xdist worker, and so do the files that read the
+    session-scoped ``mini_sweep``: their module and session fixtures are whole sweeps, which
+    a worker each would run twice (a parametrised module sweep as often as its tests are
+    split).
+
+    xdist's own ``loadgroup`` reads a node-id suffix that it writes itself, and pytest 9.2's
+    node ids are no longer writable, so those marks were ignored and files were split.
+    This groups on the scheduler side, which sees only node ids: the file, or the shared
+    group. The files are found by their functions' arguments, not a list kept by hand."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    shared = _files_using("mini_sweep", Path(__file__).parent)
+
+    class FileScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "mini_sweep" if Path(path).name in shared else path
+
+    return FileScheduling(config, log)
