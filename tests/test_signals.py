@@ -20,6 +20,7 @@ import os
 import signal
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import yaml
@@ -70,13 +71,11 @@ def _outcome(db, name: str) -> dict[str, tuple[dict, float]]:
     }
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    root = tmp_path_factory.mktemp("signals")
+def _never_stopped(root) -> dict[str, tuple[dict, float]]:
     cmd, db = _sweep(root, "never-stopped")
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:]
-    return root, _outcome(db, "never-stopped")
+    return _outcome(db, "never-stopped")
 
 
 def _stop_then_resume(root, sig: signal.Signals, whole_group: bool):
@@ -96,11 +95,31 @@ def _stop_then_resume(root, sig: signal.Signals, whole_group: bool):
     return code, stopped, statuses, left, resumed, _outcome(db, name)
 
 
-@pytest.fixture(scope="module", params=[("SIGINT", True), ("SIGTERM", False)], ids=str)
-def stopped(request, uninterrupted):
-    root, reference = uninterrupted
-    sig = signal.Signals[request.param[0]]
-    return (sig, *_stop_then_resume(root, sig, request.param[1]), reference)
+#: (signal, sent to the whole process group?): a terminal's Ctrl-C, Kubernetes' SIGTERM
+STOPS = [("SIGINT", True), ("SIGTERM", False)]
+
+
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory):
+    """The never-stopped reference and one stopped-then-resumed sweep per signal, all at
+    once: each is its own process with its own Ray, and most of their time is waiting
+    (Ray's start, replayed epochs), so together they take little more than the longest.
+    Which signal reaches which sweep does not depend on the others: each stop waits on its
+    own sweep's store."""
+    root = tmp_path_factory.mktemp("signals")
+    _table(root)  # written once, before the three sweeps read it
+    with ThreadPoolExecutor(len(STOPS) + 1) as pool:
+        reference = pool.submit(_never_stopped, root)
+        stops = {sig: pool.submit(_stop_then_resume, root, signal.Signals[sig], group)
+                 for sig, group in STOPS}  # fmt: skip
+        return reference.result(), {sig: future.result() for sig, future in stops.items()}
+
+
+@pytest.fixture(params=STOPS, ids=str)
+def stopped(request, sweeps):
+    reference, stops = sweeps
+    sig = request.param[0]
+    return (signal.Signals[sig], *stops[sig], reference)
 
 
 def test_the_sweep_exits_with_the_signals_code_and_never_aborts(stopped):
