@@ -4,6 +4,7 @@ searcher alone decides when a study is over (one event per study, constant work 
 
 from __future__ import annotations
 
+import pickle
 from types import SimpleNamespace
 
 import optuna
@@ -316,3 +317,21 @@ def test_open_studies_leave_trials_waiting_for_every_slot():
     assert per_study * (max_open - 2) >= 2 * 3
     pinned = cfg.model_copy(update={"resources": ResourceSettings(max_concurrent_studies=1)})
     assert open_limits(pinned, {"CPU": 16}) == (8, 1)
+
+
+def test_a_scheduler_pickled_before_the_live_trial_order_restores_and_runs_fifo():
+    """``Tuner.restore`` unpickles the scheduler a sweep began with; one from a release that
+    had no ``added``/``sequence`` must come back with them and choose pending trials in the
+    order they are added again."""
+    old = MultiStudyScheduler(FIFOScheduler)
+    del old.added, old.sequence  # as an older release pickled it
+    restored = pickle.loads(pickle.dumps(old))
+    assert (restored.added, restored.sequence) == ({}, 0)
+    trials = [SimpleNamespace(status="PENDING", **vars(_trial(f"t{i}", "a"))) for i in range(3)]
+    for trial in (trials[2], trials[0], trials[1]):
+        restored.on_trial_add(None, trial)
+    controller = SimpleNamespace(get_live_trials=lambda: trials)
+    assert restored.choose_trial_to_run(controller) is trials[2]
+    trials[2].status = "TERMINATED"
+    restored.on_trial_complete(None, trials[2], {})
+    assert restored.choose_trial_to_run(controller) is trials[0]  # the next one added

@@ -41,6 +41,12 @@ class MultiStudyScheduler(FIFOScheduler):
         self.added: dict[str, int] = {}
         self.sequence = 0
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """A scheduler pickled by an older release (``Tuner.restore`` of a sweep begun before
+        the live-trial order existed) comes back without ``added``/``sequence``: it starts
+        them empty, so the restored trials run in the order they are added again."""
+        self.__dict__.update({"added": {}, "sequence": 0, **state})
+
     def _of(self, trial: Any) -> TrialScheduler:
         key = study_of(trial.config)
         if key not in self.by_study:
