@@ -7,9 +7,27 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
+
+
+@contextmanager
+def local_ray(num_cpus: int) -> Iterator[None]:
+    """A Ray of this test's own for the block, shut down however the block ends.
+
+    ``address="local"`` always starts one: a plain ``ray.init()`` would join a ``ray start``
+    cluster that another test (the cluster tests, on the other xdist worker) left under
+    /tmp/ray."""
+    import ray
+
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
 
 
 def trial_runs(db: Path) -> dict[str, tuple[str, str, int | None]]:

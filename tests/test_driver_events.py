@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 import ray
+from _sweep_helpers import local_ray
 
 from tuner.records import StudyFailed
 from tuner.sweep.events import start_events
@@ -22,13 +23,12 @@ from tuner.sweep.shared_run import TuningOutcome
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+def one_cpu_ray():
+    with local_ray(num_cpus=1):
+        yield
 
 
-def test_the_last_event_taken_by_the_waiting_read_is_handled(local_ray):
+def test_the_last_event_taken_by_the_waiting_read_is_handled(one_cpu_ray):
     run = object.__new__(SweepRun)
     run.events = start_events("driver-events-test", None)
     run.owed = {"t:a": SimpleNamespace(key="t:a"), "t:b": SimpleNamespace(key="t:b")}

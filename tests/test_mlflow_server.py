@@ -24,7 +24,7 @@ import pandas as pd
 import psycopg2
 import pytest
 import ray
-from _sweep_helpers import recorded_table
+from _sweep_helpers import local_ray, recorded_table
 from conftest import free_port
 from mlflow.tracking import MlflowClient
 from rich.console import Console
@@ -360,11 +360,8 @@ def test_32_concurrent_trials_lose_no_write(server, tmp_path):
     PostgreSQL-backed server: every run FINISHED, every metric step and artifact there, and
     the per-call latency is measured (bench/tracking_load.py prints the same at full size)."""
     bench = _load_bench()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
+    with local_ray(num_cpus=2):
         figures = bench.run_load(server["url"], tmp_path, trials=32, epochs=4)
-    finally:
-        ray.shutdown()
     (tmp_path / "load.json").write_text(str(figures))
     assert figures["lost"] == {"runs": 0, "unfinished": 0, "metric_steps": 0, "artifacts": 0}
     assert figures["journal_left"] == 0 and figures["outages"] == 0
@@ -380,11 +377,8 @@ def test_trials_at_a_steady_rate_lose_no_write(server, tmp_path):
     through the sweep's tracker actor; every write is read back from the server, and the
     tracker merged the epochs (fewer log_batch requests than epochs reported)."""
     bench = _load_bench()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
+    with local_ray(num_cpus=2):
         figures = bench.run_rate(server["url"], tmp_path, 16, 3.0, 2.0, flush_every=1.0)
-    finally:
-        ray.shutdown()
     assert figures["lost"] == {"runs": 0, "unfinished": 0, "metric_steps": 0, "artifacts": 0}
     assert figures["journal_left"] == 0 and figures["outages"] == 0
     assert figures["latency_ms"]["log_metrics"]["n"] == 16 * 6

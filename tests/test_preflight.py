@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _sweep_helpers import local_ray
 
 from tuner.backbones.hub import WeightsUnavailableError, cached, check_pretrained_weights
 from tuner.config import ConfigError, load_config
@@ -117,15 +118,12 @@ def test_autoscaler_reason_without_a_report():
 def test_a_real_local_ray_with_two_cpus_refuses_four_per_trial():
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
+    with local_ray(num_cpus=2):
         config = cfg(cpus_per_trial=4)
         assert not cluster_autoscales(config)
         with pytest.raises(ConfigError, match=r"largest node is .* \(2 CPUs, 0 GPUs\) of 1 alive"):
             check_resources(config, ray.nodes())
         assert check_resources(cfg(cpus_per_trial=2), ray.nodes()) is None
-    finally:
-        ray.shutdown()
 
 
 # -- backbones -------------------------------------------------------------------------
