@@ -12,6 +12,7 @@ import threading
 import pytest
 
 from tuner.tracking.buffered import BufferedTracker, TrackingError
+from tuner.tracking.client import TrackingService, fetch_artifact
 from tuner.tracking.names import PARENT_RUN_TAG
 
 
@@ -58,6 +59,16 @@ def tracker(tmp_path):
             journal=tmp_path / f"journal-{len(made)}", flush_every=None, workers=workers,
         )  # fmt: skip
         t.inner.client = counting = Counting(t.inner.client)
+        upload = t.inner.log_artifact  # goes to the artifact store, not through the client
+
+        def counted_upload(key, path, artifact_path=None):
+            if counting.down:
+                raise ConnectionError("Max retries exceeded: connection refused")
+            upload(key, path, artifact_path)
+            with counting.lock:
+                counting.calls.append(("log_artifact", t.inner.runs[key], (0, 0, 0)))
+
+        t.inner.log_artifact = counted_upload
         made.append(t)
         return t, counting
 
@@ -225,3 +236,27 @@ def test_a_dataset_shared_by_two_runs_is_logged_one_run_at_a_time(tracker):
     for key in ("a", "b"):
         (dataset,) = t.inner.client.get_run(t.inner.runs[key]).inputs.dataset_inputs
         assert dataset.dataset.digest == "abc123"
+
+
+def test_a_run_created_here_uploads_without_asking_where_its_artifacts_live(tmp_path):
+    """``create_run``'s answer carries the run's artifact location, so an upload (a JSON
+    dict, bytes, a file's URI) needs no ``get_run`` first; a run adopted from another driver
+    is looked up, as MLflow's own client does."""
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    service = TrackingService(uri, "artifacts", artifact_root=str(tmp_path / "store"))
+    service.client = counting = Counting(service.client)
+    run_id = service.start_run("trial", "trial", {"stage": "tune"})
+    service.log_dict("trial", {"best": 0.75, "trials": [1, 2]}, "summary.json")
+    service.log_artifact_bytes("trial", "error.txt", b"CUDA OOM", "logs")
+    location = service.artifact_uri("trial", "logs/error.txt")
+    assert [c[0] for c in counting.calls] == ["create_run"]  # no get_run, no client upload
+    assert fetch_artifact(location, tmp_path / "got" / "error.txt").read_bytes() == b"CUDA OOM"
+    assert service.load_dict(run_id, "summary.json") == {"best": 0.75, "trials": [1, 2]}
+
+    adopting = TrackingService(uri, "artifacts")
+    adopting.client = counted = Counting(adopting.client)
+    adopting.adopt("trial", run_id)
+    adopting.log_artifact_bytes("trial", "more.txt", b"resumed")
+    assert [c[0] for c in counted.calls] == ["log_artifact"]  # MLflow's path: it asks
+    names = {a.path for a in service.client.list_artifacts(run_id)}
+    assert names == {"summary.json", "logs", "more.txt"}
