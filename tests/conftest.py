@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import socket
 from pathlib import Path
 
@@ -98,15 +99,41 @@ def mini_sweep(tmp_path_factory):
     return cfg, result, runs, (root / "console.txt").read_text()
 
 
-def _files_using(fixture: str, folder: Path) -> set[str]:
-    """Test files with a function (test or fixture) that takes ``fixture`` as an argument."""
-    found = set()
+def _shared_fixture(node: ast.FunctionDef) -> bool:
+    """``@pytest.fixture(scope="module" | "session")``: set up once for many tests."""
+    for deco in node.decorator_list:
+        if isinstance(deco, ast.Call):
+            for kw in deco.keywords:
+                if kw.arg == "scope" and getattr(kw.value, "value", None) in ("module", "session"):
+                    return True
+    return False
+
+
+@functools.cache
+def _test_files(folder: Path) -> tuple[frozenset[str], frozenset[str]]:
+    """(files with a function, test or fixture, that takes ``mini_sweep``; files that set up
+    a module- or session-scoped fixture or take ``mini_sweep``), read from their source."""
+    shared, costly = set(), set()
     for path in folder.glob("test_*.py"):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.FunctionDef) and fixture in {a.arg for a in node.args.args}:
-                found.add(path.name)
-                break
-    return found
+            if not isinstance(node, ast.FunctionDef):
+                continue
+            if "mini_sweep" in {a.arg for a in node.args.args}:
+                shared.add(path.name)
+            if path.name in shared or _shared_fixture(node):
+                costly.add(path.name)
+    return frozenset(shared), frozenset(costly)
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own reordering for fixture scopes
+def pytest_collection_modifyitems(items):
+    """Files with module- or session-scoped fixtures (whole sweeps, servers, a cluster) run
+    first, each file's tests in the order pytest chose: with two workers the long files
+    start at once and the many quick unit-test files fill in after them, instead of one long
+    file running alone at the end (xdist takes files in this order: ``--no-loadscope-reorder``
+    in ``addopts``)."""
+    costly = _test_files(Path(__file__).parent)[1]
+    items.sort(key=lambda item: item.path.name not in costly)
 
 
 def pytest_xdist_make_scheduler(config, log):
@@ -121,7 +148,7 @@ def pytest_xdist_make_scheduler(config, log):
     group. The files are found by their functions' arguments, not a list kept by hand."""
     from xdist.scheduler import LoadScopeScheduling
 
-    shared = _files_using("mini_sweep", Path(__file__).parent)
+    shared = _test_files(Path(__file__).parent)[0]
 
     class FileScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
