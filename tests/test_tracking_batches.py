@@ -31,8 +31,7 @@ class Counting:
         real = getattr(self.client, name)
 
         def call(*args, **kwargs):
-            if self.down:
-                raise ConnectionError("Max retries exceeded: connection refused")
+            self.refuse_if_down()
             run = args[0] if args and isinstance(args[0], str) else None
             if name == "log_batch" and self.gate is not None and run not in self.gated:
                 self.gated.add(run)
@@ -44,6 +43,10 @@ class Counting:
             return out
 
         return call
+
+    def refuse_if_down(self) -> None:
+        if self.down:
+            raise ConnectionError("Max retries exceeded: connection refused")
 
     def made(self, name: str, run: str | None = None) -> list[tuple]:
         return [c for c in self.calls if c[0] == name and (run is None or c[1] == run)]
@@ -62,8 +65,7 @@ def tracker(tmp_path):
         upload = t.inner.log_artifact  # goes to the artifact store, not through the client
 
         def counted_upload(key, path, artifact_path=None):
-            if counting.down:
-                raise ConnectionError("Max retries exceeded: connection refused")
+            counting.refuse_if_down()
             upload(key, path, artifact_path)
             with counting.lock:
                 counting.calls.append(("log_artifact", t.inner.runs[key], (0, 0, 0)))
