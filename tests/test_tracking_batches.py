@@ -243,7 +243,7 @@ def test_a_dataset_shared_by_two_runs_is_logged_one_run_at_a_time(tracker):
 def test_a_run_created_here_uploads_without_asking_where_its_artifacts_live(tmp_path):
     """``create_run``'s answer carries the run's artifact location, so an upload (a JSON
     dict, bytes, a file's URI) needs no ``get_run`` first; a run adopted from another driver
-    is looked up, as MLflow's own client does."""
+    is looked up once, for all its uploads."""
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     service = TrackingService(uri, "artifacts", artifact_root=str(tmp_path / "store"))
     service.client = counting = Counting(service.client)
@@ -259,6 +259,8 @@ def test_a_run_created_here_uploads_without_asking_where_its_artifacts_live(tmp_
     adopting.client = counted = Counting(adopting.client)
     adopting.adopt("trial", run_id)
     adopting.log_artifact_bytes("trial", "more.txt", b"resumed")
-    assert [c[0] for c in counted.calls] == ["log_artifact"]  # MLflow's path: it asks
+    adopting.log_dict("trial", {"resumed": True}, "logs/resumed.json")
+    assert [c[0] for c in counted.calls] == ["get_run"]  # once, then straight to the store
     names = {a.path for a in service.client.list_artifacts(run_id)}
     assert names == {"summary.json", "logs", "more.txt"}
+    assert adopting.load_dict(run_id, "logs/resumed.json") == {"resumed": True}

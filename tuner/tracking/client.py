@@ -115,8 +115,8 @@ class TrackingService:
         self.runs: dict[str, str] = {}
         #: Keys of runs this client started or adopted and has not ended (for ``end_open``)
         self.open: set[str] = set()
-        #: artifact URI of each run this client created, from ``create_run``'s answer: an
-        #: upload then needs no ``get_run`` first (MLflow's own client asks for it)
+        #: artifact URI of each run: from ``create_run``'s answer for a run created here (an
+        #: upload then needs no ``get_run`` first), looked up once for an adopted one
         self.artifact_uris: dict[str, str] = {}
 
     # -- runs -----------------------------------------------------------------------------
@@ -238,17 +238,19 @@ class TrackingService:
         return len(run_ids)
 
     def log_artifact(self, key: str, path: Path, artifact_path: str | None = None) -> None:
-        """Upload one file. For a run created here, straight to its artifact store: at the
-        end of a wide sweep every trial uploads in the same second, and MLflow's client
-        would first ask the server for each run's artifact location (one request in four
-        of a trial's last writes)."""
-        if key not in self.artifact_uris:  # adopted: where its artifacts live is not known
-            self.client.log_artifact(self.runs[key], str(path), artifact_path)
-            return
+        """Upload one file straight to the run's artifact store: at the end of a wide sweep
+        every trial uploads in the same second, and MLflow's client would first ask the
+        server for each run's artifact location (one request in four of a trial's last
+        writes)."""
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-        repo = get_artifact_repository(self.artifact_uris[key], tracking_uri=self.tracking_uri)
+        repo = get_artifact_repository(self._artifact_root(key), tracking_uri=self.tracking_uri)
         repo.log_artifact(str(path), artifact_path)
+
+    def _artifact_root(self, key: str) -> str:
+        if key not in self.artifact_uris:  # adopted: asked for once
+            self.artifact_uris[key] = self.client.get_run(self.runs[key]).info.artifact_uri
+        return self.artifact_uris[key]
 
     def log_artifact_bytes(
         self, key: str, filename: str, data: bytes, artifact_path: str | None = None
@@ -287,8 +289,7 @@ class TrackingService:
 
     def artifact_uri(self, key: str, path: str) -> str:
         """The full URI of an artifact of the run ``key`` (downloadable from any node)."""
-        root = self.artifact_uris.get(key) or self.client.get_run(self.runs[key]).info.artifact_uri
-        return f"{root}/{path}"
+        return f"{self._artifact_root(key)}/{path}"
 
     def run_id(self, key: str) -> str:
         return self.runs[key]
