@@ -82,3 +82,18 @@ def test_same_seed_same_numbers(data_root):
     a = train_one(_spec(data_root, epochs=1))
     b = train_one(_spec(data_root, epochs=1))
     assert a["train/loss"] == b["train/loss"] and a["val/acc"] == b["val/acc"]
+
+
+def test_record_test_adds_a_test_curve_without_changing_training(data_root):
+    """``train.record_test``: a tune trial reports test/acc every epoch (for replay tables),
+    and the same seed's val curve and weights are what they are without it."""
+    from tuner.training.settings import TrainSettings
+
+    plain = train_one(_spec(data_root, epochs=2))
+    recorded = Trainer(_spec(data_root, epochs=2, train=TrainSettings(record_test=True)))
+    history = list(recorded.epochs())
+    assert all("test/acc" not in h for h in plain["history"])
+    assert [h["val/acc"] for h in history] == [h["val/acc"] for h in plain["history"]]
+    assert [h["train/loss"] for h in history] == [h["train/loss"] for h in plain["history"]]
+    assert history[-1]["test/acc"] == recorded.evaluate("test")  # the whole test split
+    assert all(0.0 <= h["test/acc"] <= 1.0 for h in history)

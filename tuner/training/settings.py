@@ -47,3 +47,8 @@ class TrainSettings(Strict):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     pretrained: bool = True
     normalize: bool = Field(True, description="False: [0, 1] pixels, no mean/std (seed studies)")
+    record_test: bool = Field(
+        False,
+        description="tune trials also report test/acc every epoch, for replay tables with "
+        "test curves (bench/trained_curves.py); never read for selection",
+    )

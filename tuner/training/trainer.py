@@ -247,6 +247,9 @@ class Trainer:
                     metrics["eval_time_s"] = time.perf_counter() - started
                     metrics[key] = float((logits.argmax(1) == labels).float().mean())
                     metrics[f"{self.eval_split}/loss"] = float(F.cross_entropy(logits, labels))
+                    if self.spec.stage == "tune" and self.spec.train.record_test:
+                        # for a replay table's test curve only: METRIC stays val/acc
+                        metrics["test/acc"] = self.evaluate("test")
             metrics.update(
                 epoch=self.epoch,
                 diverged=float(self.diverged),
