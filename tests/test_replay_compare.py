@@ -122,3 +122,48 @@ def test_cli_json_and_png(tmp_path: Path) -> None:
 def test_cli_needs_one_source() -> None:
     result = CliRunner().invoke(app, ["replay"])
     assert result.exit_code == 2 and "TABLE or --experiment" in result.output
+
+
+def tie_table(with_correct: bool):
+    """Two configurations per task, A best on val; B's test answers are A's with 3 % of the
+    examples turned wrong: a 3-point gap on 100 test images (t100) and on 2,000 (t2000)."""
+    import numpy as np
+
+    rows = []
+    for task, n in (("t100", 100), ("t2000", 2000)):
+        a = np.arange(n) % 5 < 3  # 60 % right
+        b = a.copy()
+        b[np.flatnonzero(a)[: n * 3 // 100]] = False
+        for name, val, right in (("A", 0.9, a), ("B", 0.8, b)):
+            for epoch in (1, 2):
+                row = {"task": task, "method": "m", "config": json.dumps({"c": name}),
+                       "epoch": epoch, "val_acc": val * epoch / 2,
+                       "test_acc": float(right.mean())}  # fmt: skip
+                if with_correct and epoch == 2:
+                    row["test_correct"] = "".join("1" if r else "0" for r in right)
+                rows.append(row)
+    return from_records(rows, "ties")
+
+
+def test_test_ties_by_paired_bootstrap_and_paid_epochs() -> None:
+    """A choice 3 points below the grid's on test: within eps it never ties; the paired
+    bootstrap ties it on 100 test images (3 discordant answers) but not on 2,000 (60)."""
+    from tuner.replay.compare import StudyRun
+    from tuner.replay.runner import Comparison
+    from tuner.replay.summary import per_seed
+
+    for with_correct, expected in ((True, 0.5), (False, 0.0)):
+        table = tie_table(with_correct)
+        chosen = {"c": "B"}
+        runs = [
+            StudyRun(configs=1, epochs=2, trials=2, trial_epochs=3, budget=2, chosen=chosen),
+            StudyRun(configs=2, epochs=4, trials=2, trial_epochs=4, budget=2, chosen=chosen),
+        ]
+        strategy = Strategy("b", "tpe", budget=2, asha=True)
+        comparison = Comparison(table, table.studies(), [strategy], [0], 0.01, 2, {"b": [runs]})
+        figures = per_seed(comparison, "b")
+        assert figures["test_tie_rate"] == [expected], with_correct
+        assert figures["paid_epochs_ratio"] == [8 / 7]  # 2 studies x 2 configs x 2 epochs
+        assert figures["trial_epochs_ratio"] == [8 / 6]
+        entry = summarise(comparison)["strategies"]["b"]
+        assert entry["paid_epochs_ratio"] == 8 / 7 and entry["test_tie_rate"] == expected

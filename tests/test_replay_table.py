@@ -110,3 +110,23 @@ def test_shipped_table_matches_the_study() -> None:
     config = {"rank": 1, "lr": 0.001, "weight_decay": 0.0001}
     assert table.curve("vtab1k/caltech101", "lora", config) == [0.97]
     assert Path(table.source).stat().st_size < 200_000
+
+
+def test_compressed_csv_with_test_correct(tmp_path: Path) -> None:
+    rows = [
+        {"task": "t", "method": "m", "config": json.dumps({"lr": lr}), "epoch": e,
+         "val_acc": 0.5, "test_acc": 0.5,
+         "test_correct": ("0011" if lr == 0.1 else "0101") if e == 2 else None}
+        for lr in (0.1, 0.2) for e in (1, 2)
+    ]  # fmt: skip
+    table = load_table(write_csv(tmp_path / "c.csv.gz", rows))  # read as gzip, bits as text
+    assert table.test_correct("t", "m", {"lr": 0.1}).tolist() == [0.0, 0.0, 1.0, 1.0]
+    assert table.test_correct("t", "m", {"lr": 0.2}).tolist() == [0.0, 1.0, 0.0, 1.0]
+    rows[1]["test_correct"] = "01x1"
+    with pytest.raises(TableError, match=r"row 2: column 'test_correct': '01x1' is not a str"):
+        load_table(write_csv(tmp_path / "x.csv.gz", rows))
+    rows[1]["test_correct"] = "011"  # another test set than the study's other configuration
+    with pytest.raises(TableError, match=r"row 4: column 'test_correct': 4 test examples, but"):
+        load_table(write_csv(tmp_path / "n.csv.gz", rows))
+    with pytest.raises(TableError, match=r"c\.json\.gz: a replay table is \.csv, \.tsv \(eit"):
+        load_table(write_csv(tmp_path / "c.json.gz", rows))

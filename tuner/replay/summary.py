@@ -6,8 +6,11 @@
 * ``hit_rate``: the share of studies hit within the strategy's budget.
 * ``budget_ratio_vs_grid``: the grid's configurations over the strategy's budgets: what a
   sweep pays that runs every study's budget (it cannot know when it has hit).
+* ``paid_epochs_ratio``: the grid's trial-epochs over every trial-epoch the strategy ran
+  (with ``full``, its whole budget): what a sweep pays, since it cannot know when it has hit.
 * ``test_tie_rate`` (tables with test accuracy): the share of studies whose chosen
-  configuration's test accuracy is within eps of the grid's chosen one's.
+  configuration ties the grid's chosen one on test: the leaderboard's paired bootstrap where
+  the table has both ones' ``test_correct``, else test accuracies within eps.
 
 An interval is the 2.5-97.5 % percentiles of 2,000 bootstrap means over seeds.
 """
@@ -19,8 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from tuner.leaderboard.stats import bootstrap_ties
 from tuner.replay.compare import StudyRun
 from tuner.replay.runner import Comparison
+from tuner.replay.table import config_key
 
 
 def interval(values: list[float], seed: int = 0) -> dict[str, float]:
@@ -39,10 +44,28 @@ def _grid_choice(comparison: Comparison, task: str, method: str) -> dict[str, An
     return max(configs, key=lambda c: table.final(task, method, c))  # first of equals
 
 
-def _tie(comparison: Comparison, study: tuple[str, str], run: StudyRun) -> float:
+def _tie(
+    comparison: Comparison, study: tuple[str, str], run: StudyRun, seen: dict[tuple, float]
+) -> float:
+    """Whether ``run``'s choice ties the grid's on test (``seen``: answers by choice, since
+    seeds and strategies often choose the same configuration and a bootstrap is not free)."""
+    if run.chosen is None:
+        return math.nan
+    key = (*study, config_key(run.chosen))
+    if key not in seen:
+        seen[key] = _tie_of(comparison, study, run.chosen)
+    return seen[key]
+
+
+def _tie_of(comparison: Comparison, study: tuple[str, str], chosen: dict[str, Any]) -> float:
     table, (task, method) = comparison.table, study
-    ours = table.test_acc(task, method, run.chosen) if run.chosen is not None else None
-    grid = table.test_acc(task, method, _grid_choice(comparison, task, method))
+    choice = _grid_choice(comparison, task, method)
+    ours_correct = table.test_correct(task, method, chosen)
+    grid_correct = table.test_correct(task, method, choice)
+    if ours_correct is not None and grid_correct is not None:
+        ties = bootstrap_ties({"grid": grid_correct, "ours": ours_correct})
+        return float(bool(ties["ours"]["tied"]))  # tied, or better
+    ours, grid = table.test_acc(task, method, chosen), table.test_acc(task, method, choice)
     if ours is None or grid is None:
         return math.nan
     return float(abs(ours - grid) <= comparison.eps + 1e-9)
@@ -59,9 +82,11 @@ def per_seed(comparison: Comparison, name: str) -> dict[str, list[float]]:
         "hit_rate": [],
         "budget_ratio_vs_grid": [],
         "trial_epochs_ratio": [],
+        "paid_epochs_ratio": [],
         "test_tie_rate": [],
         "configs_per_study": [],
     }
+    seen: dict[tuple, float] = {}
     for runs in comparison.runs[name]:
         configs = sum(r.configs for r in runs)
         out["ratio_vs_grid"].append(grid_configs / configs)
@@ -69,8 +94,11 @@ def per_seed(comparison: Comparison, name: str) -> dict[str, list[float]]:
         out["hit_rate"].append(sum(r.hit for r in runs) / len(runs))
         out["budget_ratio_vs_grid"].append(grid_configs / sum(r.budget for r in runs))
         out["trial_epochs_ratio"].append(grid_epochs / sum(r.epochs for r in runs))
+        out["paid_epochs_ratio"].append(grid_epochs / sum(r.trial_epochs for r in runs))
         if table.has_test:
-            ties = [_tie(comparison, s, r) for s, r in zip(comparison.studies, runs, strict=True)]
+            ties = [
+                _tie(comparison, s, r, seen) for s, r in zip(comparison.studies, runs, strict=True)
+            ]
             out["test_tie_rate"].append(float(np.nanmean(ties)) if ties else math.nan)
     return out
 
@@ -87,7 +115,8 @@ def summarise(comparison: Comparison) -> dict[str, Any]:
             "asha": strategy.asha,
         }
         for figure, series in values.items():
-            if not series or (figure == "trial_epochs_ratio" and not comparison.table.has_curves):
+            curves_only = figure in ("trial_epochs_ratio", "paid_epochs_ratio")
+            if not series or (curves_only and not comparison.table.has_curves):
                 entry[figure], entry[f"{figure}_ci"] = None, None
                 continue
             stats = interval(series)

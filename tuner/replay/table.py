@@ -3,9 +3,11 @@
 A table has one row per configuration (its final validation accuracy) or one row per epoch
 (a learning curve) of each study, a study being a (task, method) pair. Columns: ``task``,
 ``method``, ``config`` (a JSON object of hyper-parameter → value), ``val_acc`` (a fraction in
-[0, 1]); optional ``epoch`` (1-based), ``test_acc`` and ``epoch_s``; any other column is
-ignored. Tasks, methods and hyper-parameter names are labels: nothing here needs them to be
-registered in this project.
+[0, 1]); optional ``epoch`` (1-based), ``test_acc``, ``epoch_s`` and ``test_correct`` (a
+string of 0s and 1s: which test examples the configuration got right after its last epoch,
+in test order, so a replay can tell ties on test with the leaderboard's paired bootstrap);
+any other column is ignored. Tasks, methods and hyper-parameter names are labels: nothing
+here needs them to be registered in this project.
 
 A configuration is found by its *canonical key*, so ``{"lr": 0.001}``, ``{"lr": "1e-3"}``
 (an MLflow param) and ``{"lr": 1e-3}`` are the same point, as are ``8`` and ``8.0``.
@@ -22,7 +24,7 @@ from typing import Any
 
 TABLES = Path(__file__).parent / "tables"
 REQUIRED = ("task", "method", "config", "val_acc")
-OPTIONAL = ("epoch", "test_acc", "epoch_s")
+OPTIONAL = ("epoch", "test_acc", "epoch_s", "test_correct")
 
 
 class TableError(ValueError):
@@ -68,6 +70,7 @@ class Entry:
     curve: dict[int, float] = field(default_factory=dict)
     test_acc: float | None = None
     epoch_s: list[float] = field(default_factory=list)
+    test_correct: str | None = None
 
 
 class ReplayTable:
@@ -91,6 +94,7 @@ class ReplayTable:
         epoch: int | None = None,
         test_acc: float | None = None,
         epoch_s: float | None = None,
+        test_correct: str | None = None,
     ) -> None:
         """Add one row (``where`` names it in errors); a repeated (config, epoch) is an error."""
         entries = self._studies.setdefault((task, method), {})
@@ -110,6 +114,8 @@ class ReplayTable:
             entry.test_acc, self.has_test = test_acc, True
         if epoch_s is not None:
             entry.epoch_s.append(epoch_s)
+        if test_correct is not None:
+            entry.test_correct = test_correct
 
     def _entry(self, task: str, method: str, config: Mapping[str, Any]) -> Entry:
         study = self._studies.get((task, method))
@@ -150,6 +156,15 @@ class ReplayTable:
 
     def test_acc(self, task: str, method: str, config: Mapping[str, Any]) -> float | None:
         return self._entry(task, method, config).test_acc
+
+    def test_correct(self, task: str, method: str, config: Mapping[str, Any]) -> Any:
+        """Per-example test correctness (a float array of 0/1), or None where not recorded."""
+        import numpy as np
+
+        bits = self._entry(task, method, config).test_correct
+        if bits is None:
+            return None
+        return (np.frombuffer(bits.encode(), np.uint8) - ord("0")).astype(np.float64)
 
     def epoch_s(self, task: str, method: str, config: Mapping[str, Any]) -> float | None:
         """Mean recorded seconds per epoch of the configuration, None where not recorded."""
@@ -195,11 +210,26 @@ def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
+def _correct(where: str, value: Any, sizes: dict[str, int], task: Any) -> str:
+    """A ``test_correct`` cell checked: 0s and 1s, as many as the task's other rows have."""
+    bits = str(value).strip()
+    if not bits or set(bits) - {"0", "1"}:
+        raise TableError(f"{where}: column 'test_correct': {value!r} is not a string of 0s and 1s")
+    expected = sizes.setdefault(str(task), len(bits))
+    if len(bits) != expected:
+        raise TableError(
+            f"{where}: column 'test_correct': {len(bits)} test examples, but task {task}'s "
+            f"earlier rows have {expected} (every configuration must score the same test set)"
+        )
+    return bits
+
+
 def from_records(
     records: Iterable[Mapping[str, Any]], source: str, meta: dict[str, Any] | None = None
 ) -> ReplayTable:
     """A validated table from row mappings (row numbers in errors are 1-based data rows)."""
     table = ReplayTable(source, meta)
+    test_sizes: dict[str, int] = {}
     for i, rec in enumerate(records, start=1):
         where = f"{source}: row {i}"
         for column in REQUIRED:
@@ -226,6 +256,8 @@ def from_records(
             for c in ("test_acc", "epoch_s")
             if not _missing(rec.get(c))
         }
+        if not _missing(rec.get("test_correct")):
+            extras["test_correct"] = _correct(where, rec["test_correct"], test_sizes, rec["task"])
         table.add(
             where,
             str(rec["task"]),
@@ -257,6 +289,18 @@ def resolve(name_or_path: str | Path) -> Path:
     return path
 
 
+COMPRESSED = (".gz", ".bz2", ".xz", ".zst")
+
+
+def _kind(path: Path) -> str:
+    """``.csv`` of ``t.csv`` and ``t.csv.gz``; ``.parquet`` of ``t.parquet`` and ``t.pq``."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in COMPRESSED:
+        suffixes = suffixes[:-1]
+    kind = suffixes[-1] if suffixes else ""
+    return ".parquet" if kind == ".pq" else kind
+
+
 def load_table(name_or_path: str | Path) -> ReplayTable:
     """Read a CSV or parquet table (by path or shipped name) and validate every row; a JSON
     sidecar with the same stem (the source, the name mappings) becomes ``meta``."""
@@ -264,16 +308,20 @@ def load_table(name_or_path: str | Path) -> ReplayTable:
 
     path = resolve(name_or_path)
     try:
-        if path.suffix.lower() in (".parquet", ".pq"):
+        kind = _kind(path)
+        if kind == ".parquet":
             frame = pd.read_parquet(path)
-        elif path.suffix.lower() in (".csv", ".tsv"):
+        elif kind in (".csv", ".tsv"):  # pandas reads a .gz/.bz2/.xz/.zst file compressed
             frame = pd.read_csv(
                 path,
-                sep="\t" if path.suffix.lower() == ".tsv" else ",",
-                dtype={"config": str, "task": str, "method": str},
+                sep="\t" if kind == ".tsv" else ",",
+                dtype={"config": str, "task": str, "method": str, "test_correct": str},
             )
         else:
-            raise TableError(f"{path}: a replay table is .csv, .tsv or .parquet")
+            raise TableError(
+                f"{path}: a replay table is .csv, .tsv (either may be compressed: .csv.gz) "
+                "or .parquet"
+            )
     except (OSError, ValueError) as err:
         if isinstance(err, TableError):
             raise
