@@ -96,11 +96,12 @@ def replay(
         print(json.dumps(summary, indent=1))
         return
     out = Table(title=f"{data.describe()}; {len(picked)} studies, {seeds} seeds, eps {eps}")
-    for column in ("strategy", "ratio_vs_grid", "hit_rate", "trial_epochs_ratio", "test ties"):
+    figures = ("ratio_vs_grid", "hit_rate", "trial_epochs_ratio", "paid_epochs_ratio",
+               "test_tie_rate")  # fmt: skip
+    for column in ("strategy", *figures[:-1], "test ties"):
         out.add_column(column)
     for name, entry in summary["strategies"].items():
-        out.add_row(name, _fmt(entry, "ratio_vs_grid"), _fmt(entry, "hit_rate"),
-                    _fmt(entry, "trial_epochs_ratio"), _fmt(entry, "test_tie_rate"))  # fmt: skip
+        out.add_row(name, *(_fmt(entry, f) for f in figures))
     console.print(out)
     if plot is not None:
         console.print(f"regret figure: {plot}")
