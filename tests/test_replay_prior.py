@@ -81,3 +81,24 @@ def test_unknown_prior_table_is_a_config_error() -> None:
 
     with pytest.raises(ValidationError, match=r"no replay table 'nope'.*petl_vision_vtab1k"):
         SearchSettings(prior="nope")
+
+
+def test_prior_skips_a_twin_of_an_earlier_point() -> None:
+    """Weight decay 1e-4 and 1e-3 gave the very same accuracy on every other task (a setting
+    that moved nothing): the twin is skipped, the next distinct configuration comes second.
+    On the study's own task the twin differs, but that task is never evidence."""
+    acc = {"t1": {(8, 1e-4): 0.80, (8, 1e-3): 0.80, (4, 1e-4): 0.78},
+           "t2": {(8, 1e-4): 0.70, (8, 1e-3): 0.70, (4, 1e-4): 0.69},
+           "t3": {(8, 1e-4): 0.40, (8, 1e-3): 0.45, (4, 1e-4): 0.44}}  # fmt: skip
+    table = from_records(
+        [{"task": t, "method": "lora", "config": json.dumps({"rank": r, "weight_decay": wd}),
+          "val_acc": v} for t, by in acc.items() for (r, wd), v in by.items()],
+        "twins",
+    )  # fmt: skip
+    space = {"rank": Domain("choice", (4, 8)), "weight_decay": Domain("choice", (1e-4, 1e-3))}
+    assert prior_points(table, "lora", "t3", space, 2) == [
+        {"rank": 8, "weight_decay": 1e-4},
+        {"rank": 4, "weight_decay": 1e-4},
+    ]
+    # for t1, t3 tells the twins apart: all three are distinct points
+    assert len(prior_points(table, "lora", "t1", space, 3)) == 3

@@ -7,9 +7,12 @@ Two rules, both blind to the study's own task:
   configuration is its best; it ranks those studies by their best val accuracy.
 * ``prior_points``: each configuration of the method ranked by the share of other tasks on
   which it came within ``eps`` of that task's best (ties: mean normalised accuracy, then table
-  order). On the VTAB-1k grids this order finds a near-best configuration sooner than the
-  engine's rule, which favours the easiest tasks' choices (see bench/RESULTS.md). A sweep
-  with ``search.prior: TABLE`` asks ``sweep_prior`` for these points when a study opens.
+  order), less *twins*: a configuration whose final val accuracy equals an earlier point's on
+  every other task (on two or more) adds no evidence, so a budget is not spent on it (the
+  VTAB-1k table has none among any study's first 24 points; the synth grids' two weight
+  decays often are). On the VTAB-1k grids this order finds a near-best configuration sooner
+  than the engine's rule, which favours the easiest tasks' choices (see bench/RESULTS.md). A
+  sweep with ``search.prior: TABLE`` asks ``sweep_prior`` for these points when a study opens.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ def prior_points(
     such as the sweep's fixed drop path) or has a value outside its domain is skipped."""
     score: dict[str, list[float]] = {}
     first: dict[str, dict[str, Any]] = {}
+    evidence: dict[str, list[tuple[str, float]]] = {}  # (task, final val) of each config
     for task, m in table.studies():
         if m != method or task == exclude_task:
             continue
@@ -83,8 +87,10 @@ def prior_points(
             norm = (acc - worst) / (best - worst) if best > worst else 1.0
             tally = score.setdefault(key, [0.0, 0.0, 0.0])
             tally[0], tally[1], tally[2] = tally[0] + near, tally[1] + norm, tally[2] + 1
+            evidence.setdefault(key, []).append((task, acc))
     order = sorted(score, key=lambda k: (-score[k][0] / score[k][2], -score[k][1] / score[k][2]))
     points: list[dict[str, Any]] = []
+    tried: set[tuple[tuple[str, float], ...]] = set()
     for key in order:
         config = {**(fill or {}), **first[key]}
         if not set(space) <= set(config):
@@ -92,6 +98,11 @@ def prior_points(
         fitted = {k: coerce(str(config[k]), space[k]) for k in space}
         if any(v is None for v in fitted.values()) or fitted in points:
             continue
+        # a twin (the very same result on every other task: a setting that changed nothing,
+        # like a weight decay too small to move a prediction) says nothing new: skip it
+        if len(evidence[key]) > 1 and tuple(evidence[key]) in tried:
+            continue
+        tried.add(tuple(evidence[key]))
         points.append(fitted)
         if len(points) == top:
             break
