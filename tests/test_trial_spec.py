@@ -134,3 +134,10 @@ def test_reuse_hashes_are_those_of_earlier_versions():
         "f4d3fbb91e4490726d94",
         "25de07af",
     )
+    # recording test curves changes what trials log, never a result: same hashes
+    recorded = parse_config({**BASE, "train": {"record_test": True}})
+    assert (study_hash(recorded, study), protocol_hash(recorded)) == (
+        "63f40795bf56ef8dcf80",
+        "95aff722",
+    )
+    assert recorded.train.record_test and not plain.train.record_test

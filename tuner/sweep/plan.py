@@ -176,7 +176,7 @@ def study_hash(cfg: SweepConfig, study: StudySpec) -> str:
         "seed": cfg.seed,
         "study_seed": study.seed,
         "tune": cfg.tune.model_dump(exclude=cfg.tune.RESULT_NEUTRAL),
-        "train": cfg.train.model_dump(),
+        "train": cfg.train.model_dump(exclude=cfg.train.RESULT_NEUTRAL),
         "space": cfg.search.space,
         "warm_start": cfg.search.warm_start,
         "domains": {k: [d.kind, list(d.args)] for k, d in sorted(study.space.items())},

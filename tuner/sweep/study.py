@@ -85,7 +85,7 @@ def protocol_hash(cfg: SweepConfig) -> str:
         "backbone": resolve_backbone(cfg.backbone),
         "weights": weights.rstrip("/").rsplit("/", 1)[-1] if weights else None,
         "tune": {k: v for k, v in cfg.tune.model_dump().items() if k in budget},
-        "train": cfg.train.model_dump(),
+        "train": cfg.train.model_dump(exclude=cfg.train.RESULT_NEUTRAL),
         "final_epochs": cfg.final_epochs,
         "space": cfg.search.space,
     }

@@ -11,7 +11,7 @@ ignored typo.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -28,6 +28,9 @@ class TrainSettings(Strict):
     Frozen: one validated object is shared by the config and every spec made from it."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: Settings that change what a run records, never its result (kept out of the hashes)
+    RESULT_NEUTRAL: ClassVar[set[str]] = {"record_test"}
 
     batch_size: int = Field(64, ge=1)
     warmup_epochs: float = Field(1.0, ge=0)
