@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import functools
 import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,20 @@ def give_sensitivity(method, model, num_classes: int = 5, seed: int = 0):
         )
         method.set_sensitivity(scores)
     return method
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_ray_left_behind(request):
+    """A test file that leaves a Ray up fails here, at its own end, named.
+
+    Otherwise the next file on that worker inherits it, and the first test there that starts
+    a Ray of its own fails with "called ray.init twice", far from the cause (CI, stop 35: a
+    direct call of a function that asked Ray's runtime context for its node)."""
+    yield
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+        pytest.fail(f"{request.node.nodeid} left a Ray running: shut it down in the test")
 
 
 def free_port() -> int:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import ray
 import yaml
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
@@ -148,7 +149,8 @@ def test_a_replayed_final_run_looks_up_the_recorded_test_accuracy(tmp_path):
     winner, test = BEST[("demo/a", "m1")]
     found = replay_final_run((str(with_test), None, ""), "demo/a", "m1", CONFIGS[winner], 0.0, 5)
     assert (found.test_acc, found.recorded) == (pytest.approx(test), True)
-    assert found.wall_s >= 0 and found.node_id
+    assert found.wall_s >= 0 and found.node_id == ""
+    assert not ray.is_initialized(), "a direct call must not start a Ray"
     frame = pd.read_csv(with_test).drop(columns=["test_acc"])
     frame.to_csv(tmp_path / "val_only.csv", index=False)
     source = (str(tmp_path / "val_only.csv"), None, "")
