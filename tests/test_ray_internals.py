@@ -15,6 +15,7 @@ from ray.tune import tune as tune_module
 from tuner.sweep.ray_internals import (
     interrupt_tuner,
     loopback_only,
+    node_here,
     saved_state_readable,
     saved_trial_statuses,
 )
@@ -29,6 +30,14 @@ def test_the_single_machine_switch_exists_and_is_put_back():
     from ray._private import services
 
     assert "ray_constants.ENABLE_RAY_CLUSTER" in inspect.getsource(services)
+
+
+def test_node_here_outside_ray_is_empty_and_starts_no_ray():
+    import ray
+
+    assert not ray.is_initialized()
+    assert node_here() == ""
+    assert not ray.is_initialized()
 
 
 def test_ray_tune_still_stops_its_loop_on_sigusr1():

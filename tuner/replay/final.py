@@ -14,9 +14,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import ray
-
 from tuner.replay.trial import Source, cached_table, epoch_seconds
+from tuner.sweep.ray_internals import node_here
 
 
 @dataclass(frozen=True)
@@ -40,10 +39,8 @@ def replay_final_run(
     epochs: int,
 ) -> ReplayedFinal:
     """The configuration's recorded ``test_acc`` (its last val accuracy where the table has
-    no test column), after spending ``epoch_s`` per final epoch as a retrain would.
-
-    Called directly, outside any Ray, its node is "": asking Ray's runtime context there
-    would start a Ray (or join whichever cluster it finds under /tmp/ray) and leave it up."""
+    no test column), after spending ``epoch_s`` per final epoch as a retrain would (called
+    directly, outside Ray, its node is "")."""
     started = time.time()
     table = cached_table(source)  # read once per worker
     spend = epoch_seconds(table, task, method, config, epoch_s) * epochs
@@ -58,5 +55,5 @@ def replay_final_run(
         recorded=recorded,
         started_at=started,
         wall_s=time.time() - started,
-        node_id=ray.get_runtime_context().get_node_id() if ray.is_initialized() else "",
+        node_id=node_here(),
     )

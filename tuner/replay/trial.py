@@ -18,12 +18,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import ray
 from ray import tune
 
 from tuner.replay.table import ReplayTable, TableError, from_experiment, load_table
 from tuner.sweep.checkpoints import CheckpointPolicy
 from tuner.sweep.multiplex import split_config
+from tuner.sweep.ray_internals import node_here
 from tuner.sweep.recorded import RecordedTrial, checkpoint_epoch, replay_recorded, replaying
 from tuner.sweep.stopwatch import StopWatch
 
@@ -95,7 +95,7 @@ def replay_trial(
     values = replayed_curve(curve, epochs)
     spend = epoch_seconds(table, task, method, full, epoch_s)
     start = _restored_epoch()
-    node = ray.get_runtime_context().get_node_id()
+    node = node_here()
     setup_s: float | None = time.perf_counter() - entered
     since = time.monotonic()
     for epoch in range(start + 1, len(values) + 1):

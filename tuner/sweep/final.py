@@ -16,6 +16,7 @@ import ray
 
 from tuner.config import SweepConfig
 from tuner.records import LOGGED, FinalResult, StudySummary, time_totals, variant_tag
+from tuner.sweep.ray_internals import node_here
 from tuner.sweep.specs import trial_spec
 from tuner.sweep.study import protocol_hash, replay_tag
 from tuner.tracking.artifacts import environment_info, predictions_bytes, trainable_bytes
@@ -56,7 +57,7 @@ def run_final(cfg: SweepConfig, study: StudySummary, seed_index: int) -> FinalRe
         wall_s=time.time() - started,
         started_at=started,
         environment=environment_info(),
-        node_id=ray.get_runtime_context().get_node_id(),
+        node_id=node_here(),
         predictions=result["predictions"],
         trainable_state=result["trainable_state"],
         shift_acc={k: v for k, v in result.items() if k.startswith("shift/")},

@@ -19,6 +19,10 @@ moves it, instead of the sweep silently binding every interface or ignoring a st
   while it wrote leaves that file cut short; ``Tuner.restore`` then logs "Failed to restore
   the run state", silently starts the experiment over with a half-restored searcher, and
   hangs. So the driver checks the newest file parses before it asks for a restore.
+* ``node_here``: ``ray.get_runtime_context().get_node_id()`` asked outside any Ray does not
+  fail: it runs ``ray.init()``, which starts a Ray (or joins whichever cluster it finds
+  under /tmp/ray) and leaves it up. The trial, final and replay functions that say which
+  node ran them are Ray tasks in a sweep, but tests and scripts call them directly too.
 * ``saved_trial_statuses``: the same file lists every trial (``trial_data``: each a JSON
   state with ``trial_id`` and ``status``); ``--resume`` reads it to know which finished
   trial runs the restore would not know as TERMINATED (``tuner.sweep.recorded``).
@@ -36,6 +40,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.fs as pafs
+import ray
 from ray._private import ray_constants
 
 
@@ -48,6 +53,13 @@ def loopback_only() -> Iterator[None]:
         yield
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = before
+
+
+def node_here() -> str:
+    """The id of the Ray node this process runs on; "" outside Ray, where no Ray is started."""
+    if not ray.is_initialized():
+        return ""
+    return ray.get_runtime_context().get_node_id()
 
 
 def interrupt_tuner(pid: int) -> bool:

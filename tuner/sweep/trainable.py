@@ -17,12 +17,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import ray
 import torch
 from ray import tune
 
 from tuner.sweep.checkpoints import CheckpointPolicy
 from tuner.sweep.multiplex import PREPARED, split_config
+from tuner.sweep.ray_internals import node_here
 from tuner.sweep.recorded import (
     EPOCH_FILE,
     RecordedTrial,
@@ -55,7 +55,7 @@ def tune_trainable(
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             trainer.load(Path(directory))
-    node = ray.get_runtime_context().get_node_id()  # which node ran it, for the spread
+    node = node_here()  # which node ran it, for the spread
     since = time.monotonic()
     setup_s = time.perf_counter() - entered  # model, method, data: reported once
     for metrics in trainer.epochs():
